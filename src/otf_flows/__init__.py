@@ -1,0 +1,7 @@
+"""On-the-fly machine-learned molecular dynamics as a jobflow workflow.
+
+The scheme is the CASTEP+ML "hybrid-md" one (Stenczel et al., J. Chem. Phys. 2023):
+ML-driven MD, DFT checks at adaptive intervals, refits when tolerances are missed.
+"""
+
+__version__ = "0.1.0"

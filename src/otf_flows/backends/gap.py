@@ -1,0 +1,261 @@
+"""GAP models: the ``gap_fit`` command line, fitting, model archives and the calculator.
+
+The command line is built by a pure function (:func:`gap_fit_command`); the fit runs
+``gap_fit`` from quippy-ase from scratch on all training data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ase import Atoms
+from ase.io import write
+
+from otf_flows.errors import BackendUnavailableError, FitFailedError
+
+logger = logging.getLogger(__name__)
+
+_SOAP = (
+    "soap l_max={l_max} n_max={n_max} atom_sigma={atom_sigma} cutoff={cutoff} cutoff_transition_width=1.0 "
+    "central_weight=1.0 delta={delta} covariance_type=dot_product zeta=4 n_sparse={n_sparse} "
+    "sparse_method=cur_points add_species=T"
+)
+_TWO_BODY = (
+    "distance_2b cutoff={cutoff} cutoff_transition_width=1.0 covariance_type=ard_se delta={delta} "
+    "theta_uniform=1.0 sparse_method=uniform n_sparse={n_sparse} add_species=T"
+)
+_THREE_BODY = (
+    "angle_3b cutoff={cutoff} cutoff_transition_width=0.5 covariance_type=ard_se delta={delta} "
+    "theta_fac=0.5 sparse_method=uniform n_sparse={n_sparse} add_species=T"
+)
+
+#: Descriptor presets; l-si, al2o3 and a-c follow Table II of the paper.
+PRESETS: dict[str, str] = {
+    "default": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=4.5, delta=0.5, n_sparse=15),
+            _SOAP.format(l_max=3, n_max=6, atom_sigma=0.5, cutoff=4.0, delta=0.1, n_sparse=100),
+        ]
+    ),
+    "l-si": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=10.0, delta=1.0, n_sparse=30),
+            _SOAP.format(l_max=4, n_max=12, atom_sigma=0.5, cutoff=5.0, delta=0.1, n_sparse=500),
+        ]
+    ),
+    "al2o3": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=4.5, delta=1.0, n_sparse=20),
+            _SOAP.format(l_max=4, n_max=8, atom_sigma=0.4, cutoff=3.5, delta=0.1, n_sparse=1000),
+        ]
+    ),
+    "a-c": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=3.7, delta=2.0, n_sparse=15),
+            _THREE_BODY.format(cutoff=3.0, delta=0.5, n_sparse=50),
+            _SOAP.format(l_max=8, n_max=8, atom_sigma=0.5, cutoff=3.7, delta=0.1, n_sparse=200),
+        ]
+    ),
+}
+
+ENERGY_KEY = "REF_energy"
+FORCES_KEY = "REF_forces"
+VIRIAL_KEY = "REF_virial"
+
+
+def format_e0(e0) -> str | None:
+    """gap_fit's ``e0`` value from a number, 'Si:-158.5' string or a mapping."""
+    if e0 is None:
+        return None
+    if isinstance(e0, dict):
+        return "{" + ":".join(f"{sym}:{val}" for sym, val in e0.items()) + "}"
+    text = str(e0).strip()
+    if ":" in text and not text.startswith("{"):
+        return "{" + text + "}"
+    return text
+
+
+def gap_fit_command(
+    train_file: str,
+    gp_file: str,
+    descriptor_str: str,
+    default_sigma: str = "0.002 0.2 0.2 0.0",
+    e0=None,
+    e0_method: str = "average",
+    extra_gap_opts: str = "",
+    energy_key: str = ENERGY_KEY,
+    forces_key: str = FORCES_KEY,
+    virial_key: str = VIRIAL_KEY,
+    executable: str = "gap_fit",
+) -> list[str]:
+    """The ``gap_fit`` argument list (no shell quoting needed).
+
+    Examples
+    --------
+    >>> gap_fit_command("t.xyz", "gap.xml", "distance_2b cutoff=4", e0=-1.5)[:3]
+    ['gap_fit', 'at_file=t.xyz', 'gap={distance_2b cutoff=4}']
+    """
+    if not descriptor_str.strip():
+        raise ValueError("descriptor_str is empty")
+    args = [
+        executable,
+        f"at_file={train_file}",
+        f"gap={{{descriptor_str.strip()}}}",
+        f"default_sigma={{{default_sigma}}}",
+    ]
+    e0_value = format_e0(e0)
+    args.append(f"e0={e0_value}" if e0_value is not None else f"e0_method={e0_method}")
+    args += [
+        f"energy_parameter_name={energy_key}",
+        f"force_parameter_name={forces_key}",
+        f"virial_parameter_name={virial_key}",
+        "config_type_parameter_name=config_type",
+        f"gp_file={gp_file}",
+        "do_copy_at_file=F",
+        "sparse_separate_file=T",
+    ]
+    args += _split_opts(extra_gap_opts)
+    return args
+
+
+def _split_opts(text: str) -> list[str]:
+    """Split 'a=1 b = {x y}' into ['a=1', 'b={x y}'] keeping braces together."""
+    text = " ".join(text.replace(" =", "=").replace("= ", "=").split())
+    out, depth, current = [], 0, ""
+    for ch in text:
+        if ch == " " and depth == 0:
+            if current:
+                out.append(current)
+            current = ""
+            continue
+        depth += ch == "{"
+        depth -= ch == "}"
+        current += ch
+    if current:
+        out.append(current)
+    return out
+
+
+def with_option(extra_gap_opts: str, key: str, value) -> str:
+    """``extra_gap_opts`` with ``key`` set to ``value`` (replacing any existing one)."""
+    kept = [opt for opt in _split_opts(extra_gap_opts) if opt.split("=", 1)[0] != key]
+    return " ".join([*kept, f"{key}={value}"])
+
+
+@dataclass
+class FitResult:
+    """A finished fit: the directory holding ``gap.xml`` and its sparseX files."""
+
+    model_dir: Path
+    seconds: float
+    command: list[str]
+    log_tail: str
+
+
+def check_gap_fit(executable: str = "gap_fit") -> str:
+    """Path of ``gap_fit`` or :class:`BackendUnavailableError` with an install hint."""
+    path = shutil.which(executable)
+    if path is None:
+        raise BackendUnavailableError(f"{executable} not found on PATH: pip install quippy-ase")
+    return path
+
+
+def fit_gap(frames: list[Atoms], workdir: Path, settings, descriptor_str: str, num_threads: int | None = None) -> FitResult:
+    """Fit a GAP from scratch on ``frames`` (labels in ``REF_*`` keys) inside ``workdir``.
+
+    Parameters
+    ----------
+    frames
+        Training structures with ``info['REF_energy']``, ``arrays['REF_forces']`` and
+        optionally ``info['REF_virial']``.
+    workdir
+        Directory for the training file, the log and the model (created).
+    settings
+        The campaign's ``refit`` block (default_sigma, e0, e0_method, extra_gap_opts).
+    descriptor_str
+        gap_fit descriptor string.
+    num_threads
+        OpenMP threads (default: leave the environment's setting).
+    """
+    check_gap_fit()
+    workdir = Path(workdir)
+    model_dir = workdir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    train = workdir / "train.xyz"
+    write(train, frames, format="extxyz")
+    cmd = gap_fit_command(
+        str(train),
+        str(model_dir / "gap.xml"),
+        descriptor_str,
+        default_sigma=settings.default_sigma,
+        e0=settings.e0,
+        e0_method=settings.e0_method,
+        extra_gap_opts=settings.extra_gap_opts,
+    )
+    env = {**os.environ}
+    if num_threads:
+        env["OMP_NUM_THREADS"] = str(num_threads)
+    log = workdir / "gap_fit.log"
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir, check=False)
+    seconds = time.perf_counter() - start
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    if proc.returncode != 0 or not (model_dir / "gap.xml").exists():
+        reason = _failure_reason(log)
+        raise FitFailedError(f"gap_fit failed (exit {proc.returncode}){reason}; log: {log}")
+    logger.info("gap_fit on %d frames took %.1f s", len(frames), seconds)
+    return FitResult(model_dir, seconds, cmd, tail)
+
+
+def _failure_reason(log: Path) -> str:
+    text = log.read_text(errors="replace")
+    for marker in ("LA_Matrix_Factorise", "SYSTEM ABORT", "ERROR"):
+        for line in text.splitlines():
+            if marker in line:
+                return f": {line.strip()[:200]}"
+    return ""
+
+
+def pack_model(model_dir: Path) -> bytes:
+    """tar.gz of the model directory (XML and sparseX files together)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(Path(model_dir).iterdir()):
+            tar.add(path, arcname=path.name)
+    return buf.getvalue()
+
+
+def unpack_model(data: bytes, dest: Path) -> Path:
+    """Extract a model archive into ``dest`` (once) and return the XML path."""
+    dest = Path(dest)
+    xml = dest / "gap.xml"
+    if not xml.exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    return xml
+
+
+def gap_calculator(xml: Path):
+    """A quippy ``Potential`` for the GAP in ``xml`` (run from its directory's files)."""
+    try:
+        from quippy.potential import Potential
+    except ImportError as err:
+        raise BackendUnavailableError(f"quippy cannot be imported ({err}): pip install quippy-ase") from None
+    return Potential(param_filename=str(xml))

@@ -1,0 +1,326 @@
+"""Campaign configuration: the YAML schema (pydantic v2) and its loader.
+
+Keys keep hybrid-md's names where hybrid-md has them (``can_update``, ``num_initial_steps``,
+``check_interval``, ``adaptive_method_parameters``, ``tolerances``, ``refit``), so a file
+written like Listing 1 of the paper loads once ``name``, ``structure``, ``md`` and
+``reference`` are added.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from otf_flows._config_base import Strict as _Strict
+from otf_flows.backends.cp2k_settings import Cp2kReference
+from otf_flows.backends.vasp_settings import VaspReference
+from otf_flows.errors import ConfigError
+
+__all__ = ["CampaignConfig", "load_config", "config_from_dict", "json_schema"]
+
+
+
+
+class AdaptiveMethodParameters(_Strict):
+    """Adaptive checking interval (hybrid-md's accuracy-adapted mode)."""
+
+    n_min: int = Field(1, ge=1, description="Smallest interval between checks (MD steps).")
+    n_max: int = Field(10000, ge=1, description="Largest interval between checks (MD steps).")
+    factor: float = Field(2.0, description="Interval growth/shrink factor; must be > 1.")
+
+    @field_validator("factor")
+    @classmethod
+    def _factor_gt_one(cls, v: float) -> float:
+        if not v > 1:
+            raise ValueError("must be > 1")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.n_min > self.n_max:
+            raise ValueError(f"n_min ({self.n_min}) must be <= n_max ({self.n_max})")
+        return self
+
+
+class Tolerances(_Strict):
+    """Check tolerances; ``null`` means not checked. A check passes iff every set value holds strictly."""
+
+    ediff: float | None = Field(None, gt=0, description="|E_ML - E_DFT| / N tolerance (eV/atom).")
+    fmax: float | None = Field(None, gt=0, description="Max force-component error tolerance (eV/Å).")
+    frmse: float | None = Field(None, gt=0, description="Force-component RMSE tolerance (eV/Å).")
+    vmax: float | None = Field(None, gt=0, description="Max virial-component error / N tolerance (eV/atom).")
+
+
+class Refit(_Strict):
+    """GAP refit settings (hybrid-md's ``refit`` block)."""
+
+    previous_data: list[str] = Field(
+        default_factory=list,
+        description="extxyz files (relative to the YAML) or store references 'campaign:NAME' / "
+        "'model:ID' whose frames are added to the training data.",
+    )
+    default_sigma: str = Field(
+        "0.002 0.2 0.2 0.0",
+        description="gap_fit default_sigma: energy (eV), force (eV/Å), virial (eV), hessian.",
+    )
+    descriptor_str: str | None = Field(
+        None, description="gap_fit descriptor string; null takes the model preset's."
+    )
+    extra_gap_opts: str = Field(
+        "sparse_jitter=1.0e-8", description="Extra gap_fit arguments, 'key=value' separated by spaces."
+    )
+    e0: str | float | dict[str, float] | None = Field(
+        None, description="Isolated-atom energies (eV): one number, 'Si:-158.5', or a mapping."
+    )
+    e0_method: Literal["average", "isolated"] = Field(
+        "average", description="gap_fit e0_method, used when e0 is not given."
+    )
+    energy_key: str = Field("REF_energy", description="extxyz key of reference energies in previous_data.")
+    forces_key: str = Field("REF_forces", description="extxyz key of reference forces in previous_data.")
+    virial_key: str = Field("REF_virial", description="extxyz key of reference virials in previous_data.")
+
+    @field_validator("default_sigma", mode="before")
+    @classmethod
+    def _sigma(cls, v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            v = " ".join(str(x) for x in v)
+        parts = str(v).split()
+        try:
+            values = [float(x) for x in parts]
+        except ValueError:
+            raise ValueError("must be 4 numbers 'energy force virial hessian'") from None
+        if len(values) != 4 or any(x < 0 for x in values):
+            raise ValueError("must be 4 non-negative numbers 'energy force virial hessian'")
+        return " ".join(parts)
+
+    @model_validator(mode="after")
+    def _e0_xor_method(self):
+        if self.e0 is not None and "e0_method" in self.model_fields_set:
+            raise ValueError("give either e0 or e0_method, not both")
+        return self
+
+
+class StructureFile(_Strict):
+    """Starting structure read from a file by ASE."""
+
+    file: str = Field(description="Path of a structure file ASE can read (relative to the YAML).")
+    index: int = Field(-1, description="Frame of a multi-frame file.")
+    format: str | None = Field(None, description="ASE format name; guessed from the suffix when null.")
+    repeat: tuple[int, int, int] = Field((1, 1, 1), description="Supercell repetition.")
+
+
+class StructureBuilder(_Strict):
+    """Starting structure built with ``ase.build.bulk``."""
+
+    builder: Literal["bulk"] = Field(description="Builder name; 'bulk' calls ase.build.bulk.")
+    element: str = Field(description="Chemical symbol or formula, e.g. 'Cu' or 'Si'.")
+    crystalstructure: str | None = Field(None, description="e.g. fcc, bcc, diamond.")
+    a: float | None = Field(None, gt=0, description="Lattice constant (Å).")
+    cubic: bool = Field(True, description="Use the cubic cell.")
+    repeat: tuple[int, int, int] = Field((1, 1, 1), description="Supercell repetition.")
+    rattle_A: float = Field(0.0, ge=0, description="Gaussian rattle of positions (Å).")
+    seed: int = Field(0, description="Seed of the rattle.")
+
+    @field_validator("repeat")
+    @classmethod
+    def _repeat(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError("every entry must be >= 1")
+        return v
+
+
+class MDSettings(_Strict):
+    """Molecular dynamics settings (ASE integrators)."""
+
+    ensemble: Literal["nve", "nvt_langevin", "npt_berendsen"] = Field(
+        "nvt_langevin", description="nve: velocity Verlet; nvt_langevin: ASE Langevin; npt_berendsen: ASE NPTBerendsen."
+    )
+    temperature_K: float = Field(300.0, ge=0, description="Thermostat (and initial velocity) temperature (K).")
+    init_temperature_K: float | None = Field(
+        None, ge=0, description="Maxwell-Boltzmann temperature of the initial velocities (K); default temperature_K."
+    )
+    timestep_fs: float = Field(1.0, gt=0, description="Time step (fs).")
+    total_steps: int = Field(1000, ge=1, description="Total MD steps of the campaign.")
+    friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction (1/fs).")
+    pressure_GPa: float = Field(0.0, description="NPT target pressure (GPa).")
+    taut_fs: float = Field(100.0, gt=0, description="NPT Berendsen thermostat time constant (fs).")
+    taup_fs: float = Field(1000.0, gt=0, description="NPT Berendsen barostat time constant (fs).")
+    compressibility_per_GPa: float = Field(0.01, gt=0, description="NPT Berendsen compressibility (1/GPa).")
+    seed: int = Field(42, description="Seed of initial velocities and of the Langevin noise.")
+    trajectory_interval: int = Field(10, ge=0, description="Write a trajectory frame every this many steps (0: none).")
+
+
+class AseReference(_Strict):
+    """Reference engine: any ASE calculator, named by import path."""
+
+    engine: Literal["ase"] = "ase"
+    calculator: str = Field(description="Import path of an ASE calculator class, e.g. ase.calculators.emt.EMT.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the calculator.")
+    retries: int = Field(1, ge=0, description="Extra attempts after a failed reference calculation.")
+
+    @field_validator("calculator")
+    @classmethod
+    def _dotted(cls, v: str) -> str:
+        if "." not in v or v.startswith(".") or v.endswith("."):
+            raise ValueError("must be a dotted import path such as ase.calculators.emt.EMT")
+        return v
+
+
+ReferenceSettings = Annotated[Union[AseReference, Cp2kReference, VaspReference], Field(discriminator="engine")]
+
+
+class ModelSettings(_Strict):
+    """ML model settings."""
+
+    backend: Literal["gap"] = Field("gap", description="ML backend; GAP via quippy-ase's gap_fit.")
+    preset: Literal["default", "l-si", "al2o3", "a-c"] = Field(
+        "default", description="Descriptor preset used when refit.descriptor_str is null (paper's Table II)."
+    )
+    num_threads: int | None = Field(None, ge=1, description="OpenMP threads of gap_fit and quip (default: all).")
+    initial_model: str | None = Field(
+        None, description="Start from this stored model id instead of a first fit (with num_initial_steps 0)."
+    )
+
+
+class CampaignConfig(_Strict):
+    """One on-the-fly campaign."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Campaign name (letters, digits, . _ -).")
+    structure: Annotated[Union[StructureFile, StructureBuilder], Field(union_mode="left_to_right")] = Field(
+        description="Starting structure: {file: ...} or {builder: bulk, ...}."
+    )
+    md: MDSettings = Field(default_factory=MDSettings, description="MD settings.")
+    reference: ReferenceSettings = Field(description="Reference engine: {engine: ase|cp2k|vasp, ...}.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="ML model.")
+    can_update: bool = Field(False, description="Refit the model when a check fails (hybrid-md default false).")
+    num_initial_steps: int = Field(0, ge=0, description="Reference-driven MD steps before the first fit.")
+    check_interval: int = Field(1, ge=1, description="First (adaptive) or fixed interval between checks (MD steps).")
+    adaptive_method_parameters: AdaptiveMethodParameters | None = Field(
+        None, description="Adaptive interval; absent means a fixed interval."
+    )
+    tolerances: Tolerances = Field(default_factory=Tolerances, description="Check tolerances.")
+    refit: Refit = Field(default_factory=Refit, description="GAP refit settings.")
+    store: str | None = Field(None, description="Store directory or mongodb:// URI (overridden by --store / OTF_STORE).")
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _reference(cls, v: Any):
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping with an 'engine' key (ase, cp2k or vasp)")
+        if v.get("engine", "ase") not in ("ase", "cp2k", "vasp"):
+            raise ValueError(f"engine {v.get('engine')!r} is not one of ase, cp2k, vasp")
+        return {"engine": "ase", **v}
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.adaptive_method_parameters is not None:
+            p = self.adaptive_method_parameters
+            if not p.n_min <= self.check_interval <= p.n_max:
+                raise ValueError(
+                    f"check_interval ({self.check_interval}) must lie within n_min..n_max ({p.n_min}..{p.n_max})"
+                )
+        if self.num_initial_steps == 0 and not self.refit.previous_data and self.model.initial_model is None:
+            raise ValueError(
+                "num_initial_steps is 0 and there is no refit.previous_data or model.initial_model: no data to fit"
+            )
+        if self.num_initial_steps >= self.md.total_steps:
+            raise ValueError(
+                f"num_initial_steps ({self.num_initial_steps}) must be < md.total_steps ({self.md.total_steps})"
+            )
+        return self
+
+
+def _format_error(err: ValidationError, data: Any) -> str:
+    """One line: where, the value, and what is allowed."""
+    e = err.errors()[0]
+    loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "tagged-union", "Ase", "Cp2k", "Vasp", "StructureFile", "StructureBuilder"))]
+    where = ".".join(loc) or "campaign"
+    if e["type"] == "extra_forbidden":
+        parent = _model_at(CampaignConfig, loc[:-1], data)
+        allowed = ", ".join(parent.model_fields) if parent is not None else "see `otf schema`"
+        return f"{where}: unknown key; allowed keys here: {allowed}"
+    if e["type"] == "missing":
+        return f"{where}: required key is missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    if "input" in e and not isinstance(e["input"], dict):
+        return f"{where}: {msg} (got {e['input']!r})"
+    return f"{where}: {msg}"
+
+
+def _model_at(model, loc: list[str], data: Any):
+    for key in loc:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        ann = field.annotation
+        if key == "reference":
+            engine = (data.get("reference") or {}).get("engine", "ase") if isinstance(data, dict) else "ase"
+            return {"ase": AseReference, "cp2k": Cp2kReference, "vasp": VaspReference}.get(engine)
+        if key == "structure":
+            sd = data.get("structure") if isinstance(data, dict) else None
+            return StructureBuilder if isinstance(sd, dict) and "builder" in sd else StructureFile
+        args = getattr(ann, "__args__", None)
+        candidates = [a for a in (args or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return None
+        model = candidates[0]
+        data = data.get(key) if isinstance(data, dict) else None
+    return model
+
+
+def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
+    """Validate a campaign mapping; relative paths are resolved against ``base_dir``.
+
+    Raises
+    ------
+    ConfigError
+        With a one-line message naming the key, the value and what is allowed.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"campaign: the YAML must be a mapping of keys, got {type(data).__name__}")
+    if isinstance(data.get("structure"), str):
+        data = {**data, "structure": {"file": data["structure"]}}
+    try:
+        config = CampaignConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, data)) from None
+    base = Path(base_dir).resolve()
+    if isinstance(config.structure, StructureFile):
+        path = (base / config.structure.file).resolve()
+        if not path.is_file():
+            raise ConfigError(f"structure.file: {config.structure.file!r} does not exist (looked in {base})")
+        config.structure.file = str(path)
+    resolved = []
+    for item in config.refit.previous_data:
+        if ":" in item and item.split(":", 1)[0] in ("campaign", "model"):
+            resolved.append(item)
+            continue
+        path = (base / item).resolve()
+        if not path.is_file():
+            raise ConfigError(f"refit.previous_data: {item!r} does not exist (looked in {base})")
+        resolved.append(str(path))
+    config.refit.previous_data = resolved
+    return config
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config: {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return config_from_dict(data, base_dir=path.parent)
+
+
+def json_schema() -> str:
+    """The campaign YAML schema as JSON Schema."""
+    return json.dumps(CampaignConfig.model_json_schema(), indent=2)

@@ -1,0 +1,55 @@
+"""What every campaign job shares: opening the store, reading the config, timing."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from otf_flows.campaign import CampaignConfig
+from otf_flows.schemas.documents import LedgerEntry
+from otf_flows.store import OtfStore
+
+_open_stores: dict[str, OtfStore] = {}
+
+
+def open_campaign(campaign: str, store: str) -> tuple[OtfStore, CampaignConfig]:
+    """The store (cached per process) and the campaign's validated configuration."""
+    if store not in _open_stores:
+        _open_stores[store] = OtfStore(store)
+    otf_store = _open_stores[store]
+    doc = otf_store.require_campaign(campaign)
+    return otf_store, CampaignConfig.model_validate(doc.config)
+
+
+def forget_stores() -> None:
+    """Close cached stores (end of a local run, tests)."""
+    for store in _open_stores.values():
+        store.close()
+    _open_stores.clear()
+
+
+@contextmanager
+def timed(store: OtfStore, campaign: str, kind: str, job: str, entry_id: str, step: int | None = None):
+    """Record the wall time of the block in the ledger under ``entry_id`` (idempotent)."""
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    store.record_time(LedgerEntry(campaign=campaign, kind=kind, seconds=seconds, job=job, step=step), entry_id)
+
+
+def model_dir(store: OtfStore, model_id: str) -> Path:
+    """Local directory with the model's files (extracted from the store once)."""
+    from otf_flows.backends.gap import unpack_model
+
+    model = store.get_model(model_id)
+    if store.kind == "embedded":
+        dest = store.path / "models" / model_id
+    else:
+        import os
+
+        cache = Path(os.environ.get("OTF_CACHE_DIR", Path.home() / ".cache" / "otf_flows"))
+        dest = cache / "models" / model.artifact[:16]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    unpack_model(store.get_blob(model.artifact), dest)
+    return dest

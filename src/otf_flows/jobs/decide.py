@@ -1,0 +1,100 @@
+"""Compare + decide: errors of the model on the checked frame, the tolerance test, the next
+interval, and the next iteration of the campaign emitted as a jobflow ``Response``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobflow import Flow, Maker, Response, job
+
+from otf_flows import progress
+from otf_flows.checks import error_metrics, passes
+from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.jobs.fit import RefitMaker
+from otf_flows.jobs.md import MDSegmentMaker
+from otf_flows.jobs.reference import ReferenceCheckMaker
+from otf_flows.schedule import next_interval
+from otf_flows.schemas.documents import CheckDoc
+
+
+def iteration_flow(campaign: str, store: str, state_id: str, model_id, step: int, interval: int, total_steps: int) -> Flow:
+    """One iteration: ML-MD segment → reference check → compare + decide.
+
+    ``interval`` is the schedule's interval; the segment is cut at ``total_steps``.
+    """
+    n_steps = min(interval, total_steps - step)
+    md = MDSegmentMaker().make(campaign, store, state_id, model_id, n_steps)
+    md.name = f"ml-md {step}->{step + n_steps}"
+    check = ReferenceCheckMaker().make(campaign, store, md.output)
+    check.name = f"reference check {step + n_steps}"
+    decide = DecideMaker().make(campaign, store, md.output, check.output, interval, n_steps)
+    decide.name = f"decide {step + n_steps}"
+    return Flow([md, check, decide], name=f"iteration {step + n_steps}")
+
+
+@dataclass
+class FinishMaker(Maker):
+    """Mark the campaign completed."""
+
+    name: str = "finish campaign"
+
+    @job
+    def make(self, campaign: str, store: str, model_id: str):
+        st, _ = open_campaign(campaign, store)
+        st.update_campaign(campaign, status="completed", model_id=model_id, message=None)
+        progress.emit("finished", model_id=model_id)
+        return {"model_id": model_id}
+
+
+@dataclass
+class DecideMaker(Maker):
+    """Errors and tolerance test of a check, the next interval, refit or not, what runs next."""
+
+    name: str = "compare and decide"
+
+    @job
+    def make(self, campaign: str, store: str, segment: dict, check: dict, interval: int, n_steps: int):
+        st, config = open_campaign(campaign, store)
+        state = st.get_state(segment["state_id"])
+        check_id = f"{campaign}:check:{state.step}"
+        doc = st.get_check(check_id)
+        if doc is None:
+            with timed(st, campaign, "other", self.name, f"{campaign}:decide:{state.step}", state.step):
+                frame = st.get_frames([check["frame_id"]])[0]
+                errors = error_metrics(
+                    len(frame.numbers), state.ml_energy, frame.energy, state.ml_forces, frame.forces,
+                    state.ml_virial, frame.virial,
+                )
+                passed = passes(errors, config.tolerances.model_dump())
+                p = config.adaptive_method_parameters
+                new_interval = next_interval(
+                    interval, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
+                )
+                refit = (not passed) and config.can_update
+                doc = CheckDoc(
+                    check_id=check_id, campaign=campaign, step=state.step, interval=n_steps, passed=passed,
+                    new_interval=new_interval, refit=refit, model_id=state.model_id, frame_id=frame.frame_id,
+                    reference_seconds=check.get("reference_seconds", 0.0), **errors,
+                )
+                if refit:
+                    st.mark_training(frame.frame_id, campaign)
+                st.put_check(doc)
+        progress.emit("check", **doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "ediff", "fmax"}))
+        pending = check_id if doc.refit and doc.new_model_id is None else None
+        st.update_campaign(
+            campaign, step=state.step, state_id=state.state_id, interval=doc.new_interval, pending_refit=pending
+        )
+        jobs = []
+        next_model = doc.new_model_id or doc.model_id
+        if doc.refit and doc.new_model_id is None:
+            fit = RefitMaker().make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id)
+            fit.name = f"refit after check {state.step}"
+            jobs.append(fit)
+            next_model = fit.output["model_id"]
+        total = config.md.total_steps
+        if state.step < total:
+            jobs.append(iteration_flow(campaign, store, state.state_id, next_model, state.step, doc.new_interval, total))
+        else:
+            jobs.append(FinishMaker().make(campaign, store, next_model))
+        output = doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "model_id"})
+        return Response(output=output, addition=Flow(jobs, name=f"after check {state.step}"))

@@ -1,0 +1,171 @@
+"""Reference jobs: the initial reference-driven MD and the DFT check of a segment's last frame."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from jobflow import Maker, job
+
+from otf_flows import progress
+from otf_flows.backends.reference import Labels, get_engine, settings_hash
+from otf_flows.data import import_previous_data
+from otf_flows.frames import frame_from_labels
+from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.md.segment import MDState, initial_state, run_segment
+from otf_flows.schemas.documents import FrameDoc, StateDoc
+from otf_flows.structures import build_structure
+
+logger = logging.getLogger(__name__)
+
+
+def reference_identity(config) -> tuple[str, dict]:
+    """Hash and plain dict of the campaign's reference settings."""
+    settings = config.reference.model_dump(mode="json", exclude={"retries"})
+    return settings_hash(settings), settings
+
+
+def state_doc(campaign: str, state: MDState, **extra) -> StateDoc:
+    """A state document for ``state`` (id ``<campaign>:state:<step>``)."""
+    return StateDoc(
+        state_id=f"{campaign}:state:{state.step}",
+        campaign=campaign,
+        step=state.step,
+        numbers=state.numbers.tolist(),
+        positions=state.positions.tolist(),
+        velocities=state.velocities.tolist(),
+        cell=np.asarray(state.cell).tolist(),
+        pbc=np.asarray(state.pbc).tolist(),
+        masses=state.masses.tolist(),
+        rng_state=state.rng_state,
+        **extra,
+    )
+
+
+def state_from_doc(doc: StateDoc) -> MDState:
+    return MDState(
+        step=doc.step,
+        numbers=np.array(doc.numbers),
+        positions=np.array(doc.positions),
+        velocities=np.array(doc.velocities),
+        cell=np.array(doc.cell),
+        pbc=np.array(doc.pbc),
+        masses=np.array(doc.masses),
+        rng_state=doc.rng_state,
+    )
+
+
+def _stored_label(store, campaign: str, source: str, step: int, atoms: Atoms, ref_hash: str) -> FrameDoc | None:
+    """A frame already labelled for this step and these exact positions (reruns do no DFT twice)."""
+    for doc in store.collection("frames").query({"campaign": campaign, "source": source, "md_step": step}):
+        frame = FrameDoc.model_validate({k: v for k, v in doc.items() if k not in ("_id", "last_updated")})
+        if frame.reference_hash == ref_hash and np.allclose(frame.positions, atoms.positions, atol=1e-10, rtol=0):
+            return frame
+    return None
+
+
+class ReferenceCalculator(Calculator):
+    """ASE calculator that labels every evaluated frame with the reference and stores it."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self, store, campaign: str, config, first_step: int, workdir: Path):
+        super().__init__()
+        self.store, self.campaign, self.config = store, campaign, config
+        self.engine = get_engine(config.reference)
+        self.ref_hash, self.ref_settings = reference_identity(config)
+        self.step = first_step
+        self.workdir = Path(workdir)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        step = self.step
+        frame = _stored_label(self.store, self.campaign, "initial_md", step, self.atoms, self.ref_hash)
+        if frame is None:
+            with timed(self.store, self.campaign, "reference", "initial-md", f"{self.campaign}:initial:{step}", step):
+                labels = self.engine.label(self.atoms.copy(), self.workdir / f"step_{step:06d}")
+            frame = frame_from_labels(
+                self.atoms, labels, source="initial_md", reference_hash=self.ref_hash,
+                reference=self.ref_settings, campaign=self.campaign, md_step=step,
+            )
+            self.store.add_frame(frame, training_in=self.campaign)
+            progress.emit("reference", step=step, seconds=labels.seconds, kind="initial")
+        self.results["energy"] = frame.energy
+        self.results["forces"] = np.array(frame.forces)
+        if frame.virial is not None:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            self.results["stress"] = full_3x3_to_voigt_6_stress(-np.array(frame.virial) / self.atoms.get_volume())
+        self.step += 1
+
+
+@dataclass
+class InitialMDMaker(Maker):
+    """Starting state, imported ``previous_data`` and ``num_initial_steps`` reference-driven MD steps.
+
+    Every frame of the reference MD (steps 0..num_initial_steps) is labelled and stored as
+    training data of the campaign.
+    """
+
+    name: str = "initial reference MD"
+
+    @job
+    def make(self, campaign: str, store: str):
+        st, config = open_campaign(campaign, store)
+        n = config.num_initial_steps
+        state_id = f"{campaign}:state:{n}"
+        imported = import_previous_data(st, config, campaign)
+        existing = st.find_state(state_id)
+        if existing is None:
+            atoms = build_structure(config.structure)
+            start = initial_state(atoms, config.md)
+            if n == 0:
+                st.put_state(state_doc(campaign, start))
+            else:
+                calc = ReferenceCalculator(st, campaign, config, 0, Path.cwd() / "reference")
+                result = run_segment(
+                    start, calc, config.md, n, config.md.trajectory_interval,
+                    progress=lambda s: progress.emit("md_step", step=s),
+                )
+                traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
+                st.put_state(state_doc(campaign, result.state, trajectory=traj))
+        st.update_campaign(campaign, state_id=state_id, step=n, status="running")
+        return {"state_id": state_id, "step": n, "n_imported": imported}
+
+
+@dataclass
+class ReferenceCheckMaker(Maker):
+    """Reference single point on the last frame of a segment; the frame is stored (not yet as training data)."""
+
+    name: str = "reference check"
+
+    @job
+    def make(self, campaign: str, store: str, segment: dict):
+        st, config = open_campaign(campaign, store)
+        state = st.get_state(segment["state_id"])
+        atoms = state_from_doc(state).to_atoms()
+        ref_hash, ref_settings = reference_identity(config)
+        frame = _stored_label(st, campaign, "check", state.step, atoms, ref_hash)
+        seconds = 0.0
+        if frame is None:
+            engine = get_engine(config.reference)
+            with timed(st, campaign, "reference", self.name, f"{campaign}:check:{state.step}", state.step):
+                labels: Labels = engine.label(atoms, Path.cwd() / f"check_{state.step:06d}")
+            seconds = labels.seconds
+            frame = frame_from_labels(
+                atoms, labels, source="check", reference_hash=ref_hash, reference=ref_settings,
+                campaign=campaign, md_step=state.step,
+            )
+            st.add_frame(frame)
+        else:
+            entry = st.collection("ledger").query_one({"entry_id": f"{campaign}:check:{state.step}"})
+            seconds = entry["seconds"] if entry else 0.0
+        progress.emit("reference", step=state.step, seconds=seconds, kind="check")
+        return {"frame_id": frame.frame_id, "step": state.step, "reference_seconds": seconds}
+
+
+__all__ = ["InitialMDMaker", "ReferenceCheckMaker", "ReferenceCalculator"]

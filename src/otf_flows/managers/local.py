@@ -1,0 +1,123 @@
+"""Run a campaign on this machine.
+
+:func:`run_flow` executes a jobflow ``Flow`` like ``jobflow.managers.local.run_locally``
+(``Job.run`` against the JobStore, one folder per job, ``Response`` additions, detours and
+replacements honoured), but iteratively: jobflow's local manager recurses into every
+``Response.addition`` and keeps every response in memory, which a campaign of thousands of
+iterations would exhaust. Here memory stays flat however long the campaign runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from contextlib import chdir
+from datetime import datetime, timezone
+from pathlib import Path
+from random import randint
+
+from jobflow import Flow, Job
+
+from otf_flows.campaign import CampaignConfig
+from otf_flows.errors import InputError
+from otf_flows.flows.campaign import campaign_flow, resume_flow
+from otf_flows.jobs.base import forget_stores
+from otf_flows.schemas.documents import CampaignDoc
+from otf_flows.store import OtfStore
+
+logger = logging.getLogger(__name__)
+
+
+def run_flow(flow: Flow | Job, jobstore, root_dir: Path) -> int:
+    """Run ``flow`` and every job it emits; exceptions propagate. Returns the number of jobs run."""
+    root_dir = Path(root_dir)
+    root_dir.mkdir(parents=True, exist_ok=True)
+    jobstore.connect()
+    queue: deque = deque([flow if isinstance(flow, Flow) else Flow([flow])])
+    n_jobs = 0
+    while queue:
+        current = queue.popleft()
+        for job, _parents in current.iterflow():
+            stamp = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d-%H-%M-%S-%f")
+            job_dir = root_dir / f"job_{stamp}-{randint(10000, 99999)}"
+            job_dir.mkdir()
+            with chdir(job_dir):
+                response = job.run(store=jobstore, job_dir=job_dir)
+            n_jobs += 1
+            if response.stop_jobflow:
+                return n_jobs
+            for diversion in (response.replace, response.detour, response.addition):
+                if diversion is not None:
+                    queue.append(diversion if isinstance(diversion, Flow) else Flow(diversion))
+    return n_jobs
+
+
+def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = False) -> Flow:
+    """Register (or find, with ``resume``) the campaign and return the flow to run.
+
+    Raises :class:`InputError` when the campaign exists and ``resume`` is not set, or is
+    missing with ``resume`` set; nothing is written then.
+    """
+    existing = store.get_campaign(config.name)
+    location = store.location if store.kind != "embedded" else str(store.path)
+    if existing is not None and not resume:
+        raise InputError(
+            f"name: campaign {config.name!r} already exists in {store.describe()}; "
+            "use --resume to continue it or choose another name"
+        )
+    if existing is None and resume:
+        raise InputError(f"--resume: campaign {config.name!r} is not in {store.describe()}; run without --resume")
+    if existing is None:
+        from otf_flows.backends.reference import get_engine
+
+        get_engine(config.reference).check_available()
+        doc = CampaignDoc(
+            name=config.name,
+            config=config.model_dump(mode="json"),
+            total_steps=config.md.total_steps,
+            status="running",
+        )
+        store.put_campaign(doc)
+        return campaign_flow(config, location)
+    stored = CampaignConfig.model_validate(existing.config)
+    if stored.model_dump(exclude={"md": {"total_steps"}, "store": True}) != config.model_dump(
+        exclude={"md": {"total_steps"}, "store": True}
+    ):
+        raise InputError(
+            f"--resume: the YAML of campaign {config.name!r} differs from the stored one "
+            "(only md.total_steps may change on resume)"
+        )
+    if config.md.total_steps != stored.md.total_steps:
+        existing = store.update_campaign(config.name, config=config.model_dump(mode="json"),
+                                         total_steps=config.md.total_steps)
+    store.update_campaign(config.name, status="running", message=None)
+    return resume_flow(existing, location)
+
+
+def run_campaign(config: CampaignConfig, store: OtfStore, resume: bool = False) -> CampaignDoc:
+    """Run a campaign to completion on this machine; failures leave it resumable."""
+    flow = prepare_campaign(config, store, resume)
+    root = _runs_dir(store, config.name)
+    start = time.perf_counter()
+    try:
+        run_flow(flow, store.jobstore, root)
+    except BaseException as err:
+        status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
+        message = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        _add_wall(store, config.name, time.perf_counter() - start, status=status, message=message)
+        raise
+    finally:
+        forget_stores()
+    return _add_wall(store, config.name, time.perf_counter() - start)
+
+
+def _add_wall(store: OtfStore, name: str, seconds: float, **fields) -> CampaignDoc:
+    doc = store.require_campaign(name)
+    return store.update_campaign(name, wall_seconds=doc.wall_seconds + seconds, **fields)
+
+
+def _runs_dir(store: OtfStore, name: str) -> Path:
+    if store.kind == "embedded":
+        return store.path / "runs" / name
+    return Path.cwd() / "otf-runs" / name

@@ -1,0 +1,201 @@
+"""MD segments on plain ASE that continue exactly where the previous one stopped.
+
+The state carried between segments is positions, velocities, cell, the step counter and
+the thermostat's random-number-generator state; nothing else in ASE's integrators keeps
+memory between steps (forces are recomputed from the positions).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms, units
+from ase.io import write
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MDState", "initial_state", "make_dynamics", "run_segment", "SegmentResult"]
+
+
+@dataclass
+class MDState:
+    """Exact MD state. Velocities are in ASE units (Å / ASE time unit)."""
+
+    step: int
+    numbers: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    masses: np.ndarray
+    rng_state: str | None = None
+
+    def to_atoms(self) -> Atoms:
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        atoms.set_masses(self.masses)
+        atoms.set_velocities(self.velocities)
+        return atoms
+
+    @classmethod
+    def from_atoms(cls, atoms: Atoms, step: int, rng_state: str | None) -> MDState:
+        return cls(
+            step=step,
+            numbers=atoms.numbers.copy(),
+            positions=atoms.positions.copy(),
+            velocities=atoms.get_velocities().copy(),
+            cell=np.array(atoms.cell),
+            pbc=atoms.pbc.copy(),
+            masses=atoms.get_masses().copy(),
+            rng_state=rng_state,
+        )
+
+
+def _rng_from_state(state: str | None, seed: int) -> np.random.Generator:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    if state is not None:
+        rng.bit_generator.state = json.loads(state)
+    return rng
+
+
+def _rng_state(rng: np.random.Generator | None) -> str | None:
+    return None if rng is None else json.dumps(rng.bit_generator.state)
+
+
+def initial_state(atoms: Atoms, md, step: int = 0) -> MDState:
+    """Maxwell-Boltzmann velocities at ``md.init_temperature_K`` (zero total momentum).
+
+    The thermostat RNG starts from ``md.seed``; velocities use a generator seeded with
+    ``md.seed + 1`` so the two streams are independent.
+    """
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    atoms = atoms.copy()
+    temperature = md.init_temperature_K if md.init_temperature_K is not None else md.temperature_K
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(md.seed + 1))
+    Stationary(atoms)
+    rng_state = _rng_state(np.random.Generator(np.random.PCG64(md.seed))) if md.ensemble == "nvt_langevin" else None
+    return MDState.from_atoms(atoms, step, rng_state)
+
+
+def make_dynamics(atoms: Atoms, md, rng_state: str | None):
+    """The ASE integrator for ``md.ensemble`` and its RNG (None if deterministic)."""
+    dt = md.timestep_fs * units.fs
+    if md.ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(atoms, timestep=dt), None
+    if md.ensemble == "nvt_langevin":
+        from ase.md.langevin import Langevin
+
+        rng = _rng_from_state(rng_state, md.seed)
+        dyn = Langevin(
+            atoms, timestep=dt, temperature_K=md.temperature_K, friction=md.friction_per_fs / units.fs, rng=rng
+        )
+        return dyn, rng
+    if md.ensemble == "npt_berendsen":
+        from ase.md.nptberendsen import NPTBerendsen
+
+        dyn = NPTBerendsen(
+            atoms,
+            timestep=dt,
+            temperature_K=md.temperature_K,
+            pressure_au=md.pressure_GPa * units.GPa,
+            taut=md.taut_fs * units.fs,
+            taup=md.taup_fs * units.fs,
+            compressibility_au=md.compressibility_per_GPa / units.GPa,
+        )
+        return dyn, None
+    raise ValueError(f"md.ensemble {md.ensemble!r} is not one of nve, nvt_langevin, npt_berendsen")
+
+
+@dataclass
+class SegmentResult:
+    """End state of a segment, the model's labels of the last frame and the trajectory."""
+
+    state: MDState
+    energy: float
+    forces: np.ndarray
+    virial: np.ndarray | None
+    trajectory_xyz: bytes = b""
+    stopped_early: str | None = None
+    n_frames: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def run_segment(
+    state: MDState,
+    calculator,
+    md,
+    n_steps: int,
+    trajectory_interval: int = 0,
+    guard: Callable[[Atoms, int], str | None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SegmentResult:
+    """Run ``n_steps`` MD steps from ``state`` with ``calculator``.
+
+    Parameters
+    ----------
+    state
+        Where to start; not modified.
+    calculator
+        An ASE calculator (the ML model, or a reference wrapper).
+    md
+        The campaign's ``md`` settings.
+    n_steps
+        Steps to take.
+    trajectory_interval
+        Keep a frame (extxyz) every this many global steps; 0 keeps none.
+    guard
+        Called after every step with (atoms, step); a returned string stops the segment
+        early with that reason.
+    progress
+        Called every step with the global step number.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = state.to_atoms()
+    atoms.calc = calculator
+    dyn, rng = make_dynamics(atoms, md, state.rng_state)
+    buffer = io.StringIO()
+    n_frames = 0
+    step = state.step
+    stopped = None
+
+    def keep_frame():
+        nonlocal n_frames
+        frame = atoms.copy()
+        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        frame.info["md_step"] = step
+        write(buffer, frame, format="extxyz")
+        n_frames += 1
+
+    for _ in range(n_steps):
+        dyn.step()
+        step += 1
+        if trajectory_interval and step % trajectory_interval == 0:
+            keep_frame()
+        if progress is not None:
+            progress(step)
+        if guard is not None:
+            reason = guard(atoms, step)
+            if reason:
+                stopped = reason
+                logger.warning("segment stopped at step %d: %s", step, reason)
+                break
+    energy = float(atoms.get_potential_energy())
+    forces = np.array(atoms.get_forces(), dtype=float)
+    virial = None
+    if atoms.pbc.all():
+        try:
+            from otf_flows.backends.reference import virial_from_stress
+
+            virial = virial_from_stress(atoms.get_stress(voigt=False), atoms.get_volume())
+        except NotImplementedError:
+            virial = None
+    end = MDState.from_atoms(atoms, step, _rng_state(rng))
+    return SegmentResult(end, energy, forces, virial, buffer.getvalue().encode(), stopped, n_frames)

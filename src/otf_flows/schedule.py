@@ -1,0 +1,85 @@
+"""Checking-interval schedules, identical to hybrid-md's.
+
+Examples
+--------
+>>> s = AdaptiveSchedule(n_min=1, n_max=100, factor=2, initial=10)
+>>> [s.update(p) for p in (True, True, False)]
+[20, 40, 20]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AdaptiveSchedule:
+    """Adaptive checking interval.
+
+    A passed check multiplies the interval by ``factor`` (truncated to an int, capped at
+    ``n_max``); a failed check divides it (truncated, floored at ``n_min``).
+
+    Parameters
+    ----------
+    n_min
+        Smallest interval in MD steps.
+    n_max
+        Largest interval in MD steps.
+    factor
+        Growth/shrink factor, larger than 1.
+    initial
+        The first interval (the campaign's ``check_interval``).
+    """
+
+    n_min: int
+    n_max: int
+    factor: float
+    initial: int
+
+    def __post_init__(self):
+        if self.n_min < 1:
+            raise ValueError(f"n_min must be >= 1, got {self.n_min}")
+        if self.n_max < self.n_min:
+            raise ValueError(f"n_max ({self.n_max}) must be >= n_min ({self.n_min})")
+        if not self.factor > 1:
+            raise ValueError(f"factor must be > 1, got {self.factor}")
+        if self.initial < 1:
+            raise ValueError(f"initial interval must be >= 1, got {self.initial}")
+        self.interval = int(self.initial)
+
+    def update(self, passed: bool) -> int:
+        """Apply the outcome of a check and return the new interval."""
+        if passed:
+            self.interval = min(int(self.interval * self.factor), self.n_max)
+        else:
+            self.interval = max(int(self.interval / self.factor), self.n_min)
+        return self.interval
+
+
+@dataclass
+class FixedSchedule:
+    """Fixed checking interval: every check is ``check_interval`` steps after the last."""
+
+    check_interval: int
+
+    def __post_init__(self):
+        if self.check_interval < 1:
+            raise ValueError(f"check_interval must be >= 1, got {self.check_interval}")
+        self.interval = int(self.check_interval)
+
+    def update(self, passed: bool) -> int:
+        """Return the (unchanged) interval; the outcome does not matter."""
+        return self.interval
+
+
+def next_interval(
+    interval: int, passed: bool, n_min: int | None, n_max: int | None, factor: float | None
+) -> int:
+    """Stateless form of the schedules, used by the campaign jobs.
+
+    With ``factor`` None the schedule is fixed and ``interval`` is returned unchanged.
+    """
+    if factor is None:
+        return FixedSchedule(interval).update(passed)
+    schedule = AdaptiveSchedule(n_min=n_min, n_max=n_max, factor=factor, initial=interval)
+    return schedule.update(passed)

@@ -1,0 +1,145 @@
+"""Documents kept in the store (DESIGN §5). Units: eV, Å, eV/Å, fs, K, s."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+def now() -> datetime:
+    """Current time in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class _Doc(BaseModel):
+    schema_version: int = Field(SCHEMA_VERSION, description="Version of this document's schema.")
+
+
+class FrameDoc(_Doc):
+    """One reference-labelled structure (training, check or imported frame)."""
+
+    frame_id: str = Field(description="Content hash of structure + labels + reference settings.")
+    campaign: str | None = Field(None, description="Campaign that produced the frame (None for imports).")
+    source: Literal["initial_md", "check", "import", "guard"] = Field(description="How the frame was made.")
+    md_step: int | None = Field(None, description="MD step of the frame in its campaign.")
+    config_type: str = Field("otf", description="Label used for per-type sigmas and metrics.")
+    numbers: list[int] = Field(description="Atomic numbers.")
+    positions: list[list[float]] = Field(description="Cartesian positions (Å).")
+    cell: list[list[float]] = Field(description="Cell vectors (Å).")
+    pbc: list[bool] = Field(description="Periodic boundary conditions.")
+    energy: float = Field(description="Reference total energy (eV).")
+    forces: list[list[float]] = Field(description="Reference forces (eV/Å).")
+    virial: list[list[float]] | None = Field(None, description="Reference virial (eV); None if not periodic.")
+    reference_hash: str = Field(description="Hash of the reference settings that produced the labels.")
+    reference: dict[str, Any] = Field(default_factory=dict, description="Reference settings (engine, parameters).")
+    training_in: list[str] = Field(default_factory=list, description="Campaigns whose training set holds this frame.")
+    created_at: datetime = Field(default_factory=now)
+
+    @staticmethod
+    def content_hash(numbers, positions, cell, pbc, energy, forces, reference_hash: str) -> str:
+        """Hash of everything that makes a frame distinct."""
+        h = hashlib.sha256()
+        h.update(np.asarray(numbers, dtype=np.int64).tobytes())
+        for arr in (positions, cell, forces):
+            h.update(np.ascontiguousarray(np.asarray(arr, dtype=np.float64)).tobytes())
+        h.update(np.asarray(pbc, dtype=bool).tobytes())
+        h.update(np.float64(energy).tobytes())
+        h.update(reference_hash.encode())
+        return h.hexdigest()[:24]
+
+
+class CheckDoc(_Doc):
+    """One DFT check of the current model (DESIGN §6 fields)."""
+
+    check_id: str = Field(description="Unique id: '<campaign>:check:<step>'.")
+    campaign: str
+    step: int = Field(description="MD step of the checked frame.")
+    interval: int = Field(description="MD steps since the previous check (or since the start).")
+    ediff: float | None = Field(None, description="|E_ML - E_DFT| / N (eV/atom).")
+    fmax: float | None = Field(None, description="Max force-component error (eV/Å).")
+    frmse: float | None = Field(None, description="Force-component RMSE (eV/Å).")
+    vmax: float | None = Field(None, description="Max virial-component error / N (eV/atom).")
+    passed: bool = Field(description="Every set tolerance held strictly.")
+    new_interval: int = Field(description="Interval to the next check (MD steps).")
+    refit: bool = Field(description="The check triggered a refit.")
+    model_id: str = Field(description="Model that was checked.")
+    new_model_id: str | None = Field(None, description="Model fitted after this check (None if no refit).")
+    frame_id: str = Field(description="The checked frame (reference labels).")
+    reference_seconds: float = Field(0.0, description="Wall time of the reference calculation (s).")
+    created_at: datetime = Field(default_factory=now)
+
+
+class ModelDoc(_Doc):
+    """One model version with its lineage."""
+
+    model_id: str = Field(description="Unique id, '<campaign>-v<version>' for campaign models.")
+    version: int = Field(description="1 for the first fit of a campaign, then +1 per refit.")
+    campaign: str | None = Field(None, description="Campaign the model belongs to (None for `otf fit`).")
+    backend: str = Field("gap", description="ML backend.")
+    parent_model_id: str | None = Field(None, description="Model this one replaced.")
+    training_frame_ids: list[str] = Field(description="Frames it was trained on.")
+    n_training_frames: int
+    trigger_check_id: str | None = Field(None, description="Check that triggered the fit (None for the first).")
+    trigger_check_step: int | None = Field(None, description="MD step of the triggering check.")
+    fit_settings: dict[str, Any] = Field(default_factory=dict, description="gap_fit arguments.")
+    fit_log_summary: str = Field("", description="Tail of the gap_fit log.")
+    fit_seconds: float = Field(description="Wall time of the fit (s).")
+    artifact: str = Field(description="Blob key of the model archive (tar.gz of the XML and sparseX files).")
+    created_at: datetime = Field(default_factory=now)
+
+
+class StateDoc(_Doc):
+    """Exact MD state at a step, to continue the trajectory from."""
+
+    state_id: str = Field(description="'<campaign>:state:<step>'.")
+    campaign: str
+    step: int
+    numbers: list[int]
+    positions: list[list[float]] = Field(description="Å")
+    velocities: list[list[float]] = Field(description="ASE velocity units (Å/(ASE time unit)).")
+    cell: list[list[float]] = Field(description="Å")
+    pbc: list[bool]
+    masses: list[float] = Field(description="amu")
+    rng_state: str | None = Field(None, description="JSON of the thermostat RNG state (Langevin).")
+    model_id: str | None = Field(None, description="Model that drove the segment ending here.")
+    ml_energy: float | None = Field(None, description="Model energy of this frame (eV).")
+    ml_forces: list[list[float]] | None = Field(None, description="Model forces (eV/Å).")
+    ml_virial: list[list[float]] | None = Field(None, description="Model virial (eV).")
+    trajectory: str | None = Field(None, description="Blob key of the segment's extxyz trajectory.")
+    stopped_early: str | None = Field(None, description="Reason the segment stopped before its end.")
+    created_at: datetime = Field(default_factory=now)
+
+
+class LedgerEntry(_Doc):
+    """Wall time of one job, by kind."""
+
+    campaign: str
+    kind: Literal["reference", "fit", "ml_md", "other"]
+    seconds: float
+    job: str = Field(description="Job name.")
+    step: int | None = None
+    created_at: datetime = Field(default_factory=now)
+
+
+class CampaignDoc(_Doc):
+    """A campaign, its configuration and its progress pointer."""
+
+    name: str
+    config: dict[str, Any] = Field(description="Validated campaign configuration (no credentials).")
+    status: Literal["created", "running", "completed", "failed", "stopped"] = "created"
+    step: int = Field(0, description="Last MD step reached by an accepted state.")
+    state_id: str | None = Field(None, description="State the next segment starts from.")
+    model_id: str | None = Field(None, description="Current model.")
+    interval: int | None = Field(None, description="Next interval (MD steps).")
+    pending_refit: str | None = Field(None, description="Check id whose refit has not finished.")
+    total_steps: int
+    wall_seconds: float = Field(0.0, description="Wall time of all `otf run` invocations (s).")
+    message: str | None = Field(None, description="Last error or stop reason.")
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)

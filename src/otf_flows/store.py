@@ -1,0 +1,310 @@
+"""The campaign store: jobflow's JobStore plus our collections and a blob store.
+
+Location (``--store``, ``OTF_STORE``, the YAML's ``store:``, else ``./otf-store``):
+
+- a directory: embedded, maggma ``MontyStore`` on SQLite plus content-addressed files;
+- ``mongodb://`` / ``mongodb+srv://``: maggma ``MongoStore`` and ``GridFSStore``;
+- ``memory://NAME``: maggma ``MemoryStore`` (mongomock), the MongoDB code path for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from otf_flows.errors import NotFoundError, StoreError
+from otf_flows.schemas.documents import (
+    CampaignDoc,
+    CheckDoc,
+    FrameDoc,
+    LedgerEntry,
+    ModelDoc,
+    StateDoc,
+    now,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCATION = "./otf-store"
+COLLECTIONS = {
+    "campaigns": "name",
+    "frames": "frame_id",
+    "checks": "check_id",
+    "models": "model_id",
+    "states": "state_id",
+    "ledger": "entry_id",
+    "benchmarks": "name",
+    "validations": "validation_id",
+}
+
+
+def resolve_location(cli: str | None = None, config: str | None = None) -> str:
+    """``--store`` beats ``OTF_STORE`` beats the YAML's ``store:`` beats ``./otf-store``."""
+    return cli or os.environ.get("OTF_STORE") or config or DEFAULT_LOCATION
+
+
+def _is_mongo(location: str) -> bool:
+    return location.startswith(("mongodb://", "mongodb+srv://"))
+
+
+class OtfStore:
+    """All persistent data of otf_flows.
+
+    Parameters
+    ----------
+    location
+        A directory, a MongoDB URI or ``memory://NAME``.
+    """
+
+    _memory: dict[str, dict[str, Any]] = {}
+
+    def __init__(self, location: str):
+        self.location = location
+        self._stores: dict[str, Any] = {}
+        self._jobstore = None
+        if _is_mongo(location):
+            self.kind = "mongo"
+        elif location.startswith("memory://"):
+            self.kind = "memory"
+        else:
+            self.kind = "embedded"
+            self.path = Path(location).expanduser().resolve()
+
+    # ----------------------------------------------------------------- backends
+    def _make(self, collection: str):
+        from maggma.stores import MemoryStore, MontyStore
+
+        key = COLLECTIONS.get(collection, "task_id")
+        if self.kind == "embedded":
+            return MontyStore(collection, database_path=str(self.path / "db"), database_name="otf", key=key)
+        if self.kind == "memory":
+            return MemoryStore(collection_name=f"{self.location}/{collection}", key=key)
+        from otf_flows.mongo import mongo_store
+
+        return mongo_store(self.location, collection, key)
+
+    def collection(self, name: str):
+        """A connected maggma store for one collection."""
+        if name not in self._stores:
+            if self.kind == "memory":
+                shared = OtfStore._memory.setdefault(self.location, {})
+                if name not in shared:
+                    shared[name] = self._make(name)
+                    shared[name].connect()
+                self._stores[name] = shared[name]
+            else:
+                if self.kind == "embedded":
+                    (self.path / "db").mkdir(parents=True, exist_ok=True)
+                store = self._make(name)
+                try:
+                    store.connect()
+                except Exception as err:  # noqa: BLE001 - any backend failure
+                    raise StoreError(f"store: cannot open {self.describe()}: {err}") from None
+                self._stores[name] = store
+        return self._stores[name]
+
+    def describe(self) -> str:
+        """Location without credentials."""
+        if self.kind == "mongo":
+            from otf_flows.mongo import redact
+
+            return redact(self.location)
+        return str(getattr(self, "path", self.location))
+
+    @property
+    def jobstore(self):
+        """jobflow JobStore (job outputs) on the same backend, with a ``data`` additional store."""
+        if self._jobstore is None:
+            from jobflow import JobStore
+
+            self._jobstore = JobStore(self.collection("jobs"), additional_stores={"data": self.collection("jobs_data")})
+        return self._jobstore
+
+    # ----------------------------------------------------------------- blobs
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes once; return their content key."""
+        key = hashlib.sha256(data).hexdigest()
+        if self.kind == "embedded":
+            path = self.path / "blobs" / key[:2] / key
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            return key
+        from otf_flows.mongo import put_blob
+
+        put_blob(self, key, data)
+        return key
+
+    def get_blob(self, key: str) -> bytes:
+        """Bytes stored under ``key``."""
+        if self.kind == "embedded":
+            path = self.path / "blobs" / key[:2] / key
+            if not path.exists():
+                raise StoreError(f"store: blob {key} is missing from {path.parent}")
+            return path.read_bytes()
+        from otf_flows.mongo import get_blob
+
+        return get_blob(self, key)
+
+    # ----------------------------------------------------------------- campaigns
+    def get_campaign(self, name: str) -> CampaignDoc | None:
+        doc = self.collection("campaigns").query_one({"name": name})
+        return CampaignDoc.model_validate(_clean(doc)) if doc else None
+
+    def require_campaign(self, name: str) -> CampaignDoc:
+        doc = self.get_campaign(name)
+        if doc is None:
+            names = ", ".join(c["name"] for c in self.collection("campaigns").query({}, properties=["name"])) or "none"
+            raise NotFoundError(f"campaign {name!r} is not in {self.describe()} (campaigns: {names})")
+        return doc
+
+    def put_campaign(self, doc: CampaignDoc) -> None:
+        doc.updated_at = now()
+        self.collection("campaigns").update(doc.model_dump(mode="json"), key="name")
+
+    def update_campaign(self, name: str, **fields) -> CampaignDoc:
+        doc = self.require_campaign(name)
+        doc = doc.model_copy(update=fields)
+        self.put_campaign(doc)
+        return doc
+
+    def campaigns(self) -> list[CampaignDoc]:
+        return [CampaignDoc.model_validate(_clean(d)) for d in self.collection("campaigns").query({})]
+
+    # ----------------------------------------------------------------- frames
+    def add_frame(self, frame: FrameDoc, training_in: str | None = None) -> tuple[str, bool]:
+        """Insert a frame unless an identical one exists; optionally mark it as training data.
+
+        Returns the frame id and whether a new document was written.
+        """
+        frames = self.collection("frames")
+        existing = frames.query_one({"frame_id": frame.frame_id}, properties=["frame_id", "training_in"])
+        if existing is None:
+            if training_in and training_in not in frame.training_in:
+                frame.training_in.append(training_in)
+            frames.update(frame.model_dump(mode="json"), key="frame_id")
+            return frame.frame_id, True
+        if training_in and training_in not in existing.get("training_in", []):
+            doc = frames.query_one({"frame_id": frame.frame_id})
+            doc["training_in"] = [*doc.get("training_in", []), training_in]
+            frames.update(_clean(doc), key="frame_id")
+        return frame.frame_id, False
+
+    def mark_training(self, frame_id: str, campaign: str) -> None:
+        frames = self.collection("frames")
+        doc = frames.query_one({"frame_id": frame_id})
+        if doc is None:
+            raise NotFoundError(f"frame {frame_id} is not in the store")
+        if campaign not in doc.get("training_in", []):
+            doc["training_in"] = [*doc.get("training_in", []), campaign]
+            frames.update(_clean(doc), key="frame_id")
+
+    def get_frames(self, frame_ids: list[str]) -> list[FrameDoc]:
+        docs = {d["frame_id"]: d for d in self.collection("frames").query({"frame_id": {"$in": list(frame_ids)}})}
+        missing = [f for f in frame_ids if f not in docs]
+        if missing:
+            raise StoreError(f"store: {len(missing)} frames are missing, e.g. {missing[0]}")
+        return [FrameDoc.model_validate(_clean(docs[f])) for f in frame_ids]
+
+    def training_frames(self, campaign: str) -> list[FrameDoc]:
+        """Training frames of a campaign, oldest first."""
+        docs = self.collection("frames").query({"training_in": campaign})
+        frames = [FrameDoc.model_validate(_clean(d)) for d in docs]
+        return sorted(frames, key=lambda f: (f.created_at, f.md_step or -1))
+
+    def frames_of(self, campaign: str) -> list[FrameDoc]:
+        """Every frame a campaign produced (training or check), by MD step."""
+        docs = self.collection("frames").query({"campaign": campaign})
+        return sorted((FrameDoc.model_validate(_clean(d)) for d in docs), key=lambda f: (f.md_step or 0, f.created_at))
+
+    # ----------------------------------------------------------------- checks
+    def get_check(self, check_id: str) -> CheckDoc | None:
+        doc = self.collection("checks").query_one({"check_id": check_id})
+        return CheckDoc.model_validate(_clean(doc)) if doc else None
+
+    def put_check(self, check: CheckDoc) -> None:
+        self.collection("checks").update(check.model_dump(mode="json"), key="check_id")
+
+    def checks(self, campaign: str) -> list[CheckDoc]:
+        docs = self.collection("checks").query({"campaign": campaign})
+        return sorted((CheckDoc.model_validate(_clean(d)) for d in docs), key=lambda c: c.step)
+
+    # ----------------------------------------------------------------- models
+    def get_model(self, model_id: str) -> ModelDoc:
+        doc = self.collection("models").query_one({"model_id": model_id})
+        if doc is None:
+            raise NotFoundError(f"model {model_id!r} is not in {self.describe()}")
+        return ModelDoc.model_validate(_clean(doc))
+
+    def find_model(self, criteria: dict) -> ModelDoc | None:
+        doc = self.collection("models").query_one(criteria)
+        return ModelDoc.model_validate(_clean(doc)) if doc else None
+
+    def put_model(self, model: ModelDoc) -> None:
+        self.collection("models").update(model.model_dump(mode="json"), key="model_id")
+
+    def models(self, campaign: str | None = None) -> list[ModelDoc]:
+        criteria = {"campaign": campaign} if campaign else {}
+        docs = self.collection("models").query(criteria)
+        return sorted((ModelDoc.model_validate(_clean(d)) for d in docs), key=lambda m: (m.created_at, m.version))
+
+    def lineage(self, model_id: str) -> list[ModelDoc]:
+        """The model and its ancestors, newest first."""
+        chain, seen = [], set()
+        current: str | None = model_id
+        while current is not None and current not in seen:
+            seen.add(current)
+            model = self.get_model(current)
+            chain.append(model)
+            current = model.parent_model_id
+        return chain
+
+    # ----------------------------------------------------------------- states
+    def put_state(self, state: StateDoc) -> None:
+        self.collection("states").update(state.model_dump(mode="json"), key="state_id")
+
+    def get_state(self, state_id: str) -> StateDoc:
+        doc = self.collection("states").query_one({"state_id": state_id})
+        if doc is None:
+            raise StoreError(f"store: MD state {state_id} is missing")
+        return StateDoc.model_validate(_clean(doc))
+
+    def find_state(self, state_id: str) -> StateDoc | None:
+        doc = self.collection("states").query_one({"state_id": state_id})
+        return StateDoc.model_validate(_clean(doc)) if doc else None
+
+    # ----------------------------------------------------------------- ledger
+    def record_time(self, entry: LedgerEntry, entry_id: str) -> None:
+        """Record a job's wall time once (``entry_id`` makes reruns idempotent)."""
+        self.collection("ledger").update({**entry.model_dump(mode="json"), "entry_id": entry_id}, key="entry_id")
+
+    def time_split(self, campaign: str) -> dict[str, float]:
+        totals = {"reference": 0.0, "fit": 0.0, "ml_md": 0.0, "other": 0.0}
+        for d in self.collection("ledger").query({"campaign": campaign}, properties=["kind", "seconds"]):
+            totals[d["kind"]] += d["seconds"]
+        return totals
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            if self.kind != "memory":
+                try:
+                    store.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        self._stores.clear()
+        self._jobstore = None
+
+
+def _clean(doc: dict) -> dict:
+    """Drop backend bookkeeping fields (``_id``, ``last_updated``, ``entry_id``)."""
+    return {k: v for k, v in doc.items() if k not in ("_id", "last_updated", "entry_id")}
+
+
+def open_store(location: str | None = None) -> OtfStore:
+    """Open the store at ``location`` (resolved with :func:`resolve_location`)."""
+    return OtfStore(resolve_location(location))
