@@ -59,6 +59,10 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     Raises :class:`InputError` when the campaign exists and ``resume`` is not set, or is
     missing with ``resume`` set; nothing is written then.
     """
+    from otf_flows.backends.reference import get_engine
+
+    if not resume:
+        get_engine(config.reference).check_available()
     existing = store.get_campaign(config.name)
     location = store.location if store.kind != "embedded" else str(store.path)
     if existing is not None and not resume:
@@ -69,9 +73,6 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     if existing is None and resume:
         raise InputError(f"--resume: campaign {config.name!r} is not in {store.describe()}; run without --resume")
     if existing is None:
-        from otf_flows.backends.reference import get_engine
-
-        get_engine(config.reference).check_available()
         doc = CampaignDoc(
             name=config.name,
             config=config.model_dump(mode="json"),
@@ -95,9 +96,13 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     return resume_flow(existing, location)
 
 
-def run_campaign(config: CampaignConfig, store: OtfStore, resume: bool = False) -> CampaignDoc:
-    """Run a campaign to completion on this machine; failures leave it resumable."""
-    flow = prepare_campaign(config, store, resume)
+def run_campaign(config: CampaignConfig, store: OtfStore, flow: Flow | None = None, resume: bool = False) -> CampaignDoc:
+    """Run a campaign to completion on this machine; failures leave it resumable.
+
+    ``flow`` is what :func:`prepare_campaign` returned (prepared here when None).
+    """
+    if flow is None:
+        flow = prepare_campaign(config, store, resume)
     root = _runs_dir(store, config.name)
     start = time.perf_counter()
     try:

@@ -72,11 +72,19 @@ def initial_state(atoms: Atoms, md, step: int = 0) -> MDState:
     The thermostat RNG starts from ``md.seed``; velocities use a generator seeded with
     ``md.seed + 1`` so the two streams are independent.
     """
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
+
+    try:  # ASE >= 3.29
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # pragma: no cover - older ASE
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+        def thermalize_momenta(atoms, temperature_K, rng):
+            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
 
     atoms = atoms.copy()
     temperature = md.init_temperature_K if md.init_temperature_K is not None else md.temperature_K
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(md.seed + 1))
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(md.seed + 1))
     Stationary(atoms)
     rng_state = _rng_state(np.random.Generator(np.random.PCG64(md.seed))) if md.ensemble == "nvt_langevin" else None
     return MDState.from_atoms(atoms, step, rng_state)
@@ -90,11 +98,15 @@ def make_dynamics(atoms: Atoms, md, rng_state: str | None):
 
         return VelocityVerlet(atoms, timestep=dt), None
     if md.ensemble == "nvt_langevin":
+        from ase.constraints import FixCom
         from ase.md.langevin import Langevin
 
+        # the centre of mass is held by a constraint (ASE's recommended replacement of fixcm=True)
+        atoms.set_constraint(FixCom())
         rng = _rng_from_state(rng_state, md.seed)
         dyn = Langevin(
-            atoms, timestep=dt, temperature_K=md.temperature_K, friction=md.friction_per_fs / units.fs, rng=rng
+            atoms, timestep=dt, temperature_K=md.temperature_K, friction=md.friction_per_fs / units.fs,
+            fixcm=False, rng=rng,
         )
         return dyn, rng
     if md.ensemble == "npt_berendsen":

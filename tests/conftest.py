@@ -1,0 +1,45 @@
+"""Shared fixtures: small configs written into tmp_path, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def run_otf(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 1800):
+    """Run the ``otf`` CLI in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "otf_flows", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cu_config() -> dict:
+    """The shipped EMT example as a mapping."""
+    return yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a config mapping to tmp_path and return its path."""
+
+    def write(data: dict, name: str = "campaign.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
