@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import run_otf
 from otf_flows.campaign import AseReference, config_from_dict, load_config

@@ -186,6 +186,27 @@ class ModelSettings(_Strict):
     )
 
 
+class JobResources(_Strict):
+    """Where and how one kind of job runs on a cluster (FireWorks routing)."""
+
+    category: str | None = Field(None, description="FireWorks category (default: the job kind: dft, md, fit, light).")
+    fworker: str | None = Field(None, description="FireWorks worker name (_fworker) the job must run on.")
+    omp_threads: int | None = Field(None, ge=1, description="OMP_NUM_THREADS for the job's programs.")
+    queue: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Queue-adapter overrides for this kind (_queueadapter), e.g. {nodes: 4, walltime: '04:00:00'}.",
+    )
+
+
+class ExecutionSettings(_Strict):
+    """Resources per job kind: DFT (initial MD, checks), ML-MD segments, fits, light bookkeeping."""
+
+    dft: JobResources = Field(default_factory=JobResources, description="Reference calculations.")
+    md: JobResources = Field(default_factory=JobResources, description="ML-MD segments.")
+    fit: JobResources = Field(default_factory=JobResources, description="gap_fit.")
+    light: JobResources = Field(default_factory=JobResources, description="Compare + decide, bookkeeping.")
+
+
 class CampaignConfig(_Strict):
     """One on-the-fly campaign."""
 
@@ -205,6 +226,7 @@ class CampaignConfig(_Strict):
     tolerances: Tolerances = Field(default_factory=Tolerances, description="Check tolerances.")
     refit: Refit = Field(default_factory=Refit, description="GAP refit settings.")
     store: str | None = Field(None, description="Store directory or mongodb:// URI (overridden by --store / OTF_STORE).")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Cluster resources per job kind.")
 
     @field_validator("reference", mode="before")
     @classmethod

@@ -13,21 +13,25 @@ from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
 from otf_flows.jobs.reference import ReferenceCheckMaker
+from otf_flows.jobs.routing import route
 from otf_flows.schedule import next_interval
 from otf_flows.schemas.documents import CheckDoc
 
 
-def iteration_flow(campaign: str, store: str, state_id: str, model_id, step: int, interval: int, total_steps: int) -> Flow:
+def iteration_flow(
+    campaign: str, store: str, state_id: str, model_id, step: int, interval: int, total_steps: int, execution
+) -> Flow:
     """One iteration: ML-MD segment → reference check → compare + decide.
 
     ``interval`` is the schedule's interval; the segment is cut at ``total_steps``.
+    ``execution`` (the campaign's resources per job kind) routes each job.
     """
     n_steps = min(interval, total_steps - step)
-    md = MDSegmentMaker().make(campaign, store, state_id, model_id, n_steps)
+    md = route(MDSegmentMaker().make(campaign, store, state_id, model_id, n_steps), "md", execution)
     md.name = f"ml-md {step}->{step + n_steps}"
-    check = ReferenceCheckMaker().make(campaign, store, md.output)
+    check = route(ReferenceCheckMaker().make(campaign, store, md.output), "dft", execution)
     check.name = f"reference check {step + n_steps}"
-    decide = DecideMaker().make(campaign, store, md.output, check.output, interval, n_steps)
+    decide = route(DecideMaker().make(campaign, store, md.output, check.output, interval, n_steps), "light", execution)
     decide.name = f"decide {step + n_steps}"
     return Flow([md, check, decide], name=f"iteration {step + n_steps}")
 
@@ -87,14 +91,21 @@ class DecideMaker(Maker):
         jobs = []
         next_model = doc.new_model_id or doc.model_id
         if doc.refit and doc.new_model_id is None:
-            fit = RefitMaker().make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id)
+            fit = route(
+                RefitMaker().make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id),
+                "fit", config.execution,
+            )
             fit.name = f"refit after check {state.step}"
             jobs.append(fit)
             next_model = fit.output["model_id"]
         total = config.md.total_steps
         if state.step < total:
-            jobs.append(iteration_flow(campaign, store, state.state_id, next_model, state.step, doc.new_interval, total))
+            jobs.append(
+                iteration_flow(
+                    campaign, store, state.state_id, next_model, state.step, doc.new_interval, total, config.execution
+                )
+            )
         else:
-            jobs.append(FinishMaker().make(campaign, store, next_model))
+            jobs.append(route(FinishMaker().make(campaign, store, next_model), "light", config.execution))
         output = doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "model_id"})
         return Response(output=output, addition=Flow(jobs, name=f"after check {state.step}"))

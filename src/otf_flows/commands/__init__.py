@@ -1,0 +1,89 @@
+"""The ``otf`` Typer app and what its command modules share (store opening, JSON, tables)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import typer
+
+from otf_flows.errors import InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="On-the-fly machine-learned MD campaigns (GAP + DFT checks) as jobflow workflows.",
+)
+logger = logging.getLogger("otf_flows")
+
+StoreOpt = typer.Option(None, "--store", help="Store directory or mongodb:// URI (default: $OTF_STORE or ./otf-store).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout and nothing else.")
+
+
+def open_store_arg(location: str | None, config_store: str | None = None, must_exist: bool = True):
+    """The store named by ``--store`` / ``OTF_STORE`` / the YAML; an embedded one must exist unless told."""
+    from otf_flows.store import OtfStore, resolve_location
+
+    loc = resolve_location(location, config_store)
+    store = OtfStore(loc)
+    if must_exist and store.kind == "embedded" and not (store.path / "db").exists():
+        raise InputError(f"--store: {store.path} holds no otf store (run a campaign first or pass --store)")
+    return store
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_table(rows: list[dict], columns: list[str], title: str) -> None:
+    """A rich table of ``rows`` on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[fmt(row[c]) for c in columns])
+    Console().print(table)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def check_row(c) -> dict:
+    return {
+        "step": c.step,
+        "interval": c.interval,
+        "ediff": c.ediff,
+        "fmax": c.fmax,
+        "frmse": c.frmse,
+        "vmax": c.vmax,
+        "passed": c.passed,
+        "new_interval": c.new_interval,
+        "refit": c.refit,
+        "model_id": c.model_id,
+        "new_model_id": c.new_model_id,
+        "reference_seconds": c.reference_seconds,
+    }
+
+
+def model_row(m) -> dict:
+    return {
+        "model_id": m.model_id,
+        "version": m.version,
+        "campaign": m.campaign,
+        "parent_model_id": m.parent_model_id,
+        "n_training_frames": m.n_training_frames,
+        "trigger_check_step": m.trigger_check_step,
+        "fit_seconds": m.fit_seconds,
+        "created_at": m.created_at.isoformat(),
+    }
