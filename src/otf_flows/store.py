@@ -40,6 +40,18 @@ COLLECTIONS = {
     "validations": "validation_id",
 }
 
+#: fields users query, indexed on MongoDB (montydb has no indexes)
+INDEXES = {
+    "frames": ("frame_id", "campaign", "training_in", "md_step", "source"),
+    "checks": ("check_id", "campaign", "step"),
+    "models": ("model_id", "campaign", "parent_model_id", "trigger_check_id"),
+    "states": ("state_id", "campaign"),
+    "ledger": ("entry_id", "campaign"),
+    "benchmarks": ("name",),
+    "validations": ("validation_id", "model_id", "benchmark"),
+    "campaigns": ("name",),
+}
+
 
 def resolve_location(cli: str | None = None, config: str | None = None) -> str:
     """``--store`` beats ``OTF_STORE`` beats the YAML's ``store:`` beats ``./otf-store``."""
@@ -66,7 +78,10 @@ class OtfStore:
         self._stores: dict[str, Any] = {}
         self._jobstore = None
         if _is_mongo(location):
+            from otf_flows.mongo import remember
+
             self.kind = "mongo"
+            self.location = location = remember(location)
         elif location.startswith("memory://"):
             self.kind = "memory"
         else:
@@ -101,8 +116,13 @@ class OtfStore:
                 store = self._make(name)
                 try:
                     store.connect()
+                    if self.kind == "mongo":
+                        store._collection.database.client.admin.command("ping")
+                        for field in INDEXES.get(name, ()):
+                            store.ensure_index(field)
                 except Exception as err:  # noqa: BLE001 - any backend failure
-                    raise StoreError(f"store: cannot open {self.describe()}: {err}") from None
+                    first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                    raise StoreError(f"store: cannot open {self.describe()}: {first}") from None
                 self._stores[name] = store
         return self._stores[name]
 
@@ -263,6 +283,58 @@ class OtfStore:
             chain.append(model)
             current = model.parent_model_id
         return chain
+
+    def frames_of_model(self, model_id: str) -> list[FrameDoc]:
+        """Which frames trained model ``model_id``."""
+        return self.get_frames(self.get_model(model_id).training_frame_ids)
+
+    def trigger_check(self, model_id: str) -> CheckDoc | None:
+        """The failed check that triggered the fit of ``model_id`` (None for a first fit)."""
+        model = self.get_model(model_id)
+        return self.get_check(model.trigger_check_id) if model.trigger_check_id else None
+
+    def validations(self, model_id: str | None = None, benchmark: str | None = None) -> list[dict]:
+        """Stored validation documents, optionally of one model and/or benchmark."""
+        criteria = {k: v for k, v in (("model_id", model_id), ("benchmark", benchmark)) if v is not None}
+        return [_clean(d) for d in self.collection("validations").query(criteria)]
+
+    def models_with_scores(self, campaign: str) -> list[dict]:
+        """All models of a campaign with their validation metrics per benchmark."""
+        rows = []
+        for model in self.models(campaign):
+            scores = {v["benchmark"]: v for v in self.validations(model.model_id)}
+            rows.append({"model": model, "validations": scores})
+        return rows
+
+    # ----------------------------------------------------------------- benchmarks
+    def add_benchmark(self, name: str, frames: list[FrameDoc], source: str, description: str = "") -> dict:
+        """Register a named benchmark set (frames stored once, by content)."""
+        from otf_flows.errors import InputError
+
+        if self.collection("benchmarks").query_one({"name": name}, properties=["name"]) is not None:
+            raise InputError(f"benchmark {name!r} already exists in {self.describe()}; choose another name")
+        for frame in frames:
+            self.add_frame(frame)
+        doc = {
+            "name": name, "frame_ids": [f.frame_id for f in frames], "n_frames": len(frames), "source": source,
+            "description": description, "config_types": sorted({f.config_type for f in frames}),
+            "created_at": now().isoformat(), "schema_version": 1,
+        }
+        self.collection("benchmarks").update(doc, key="name")
+        return doc
+
+    def benchmark(self, name: str) -> dict:
+        doc = self.collection("benchmarks").query_one({"name": name})
+        if doc is None:
+            names = ", ".join(sorted(self.collection("benchmarks").distinct("name"))) or "none"
+            raise NotFoundError(f"benchmark {name!r} is not in {self.describe()} (benchmarks: {names})")
+        return _clean(doc)
+
+    def benchmarks(self) -> list[dict]:
+        return sorted((_clean(d) for d in self.collection("benchmarks").query({})), key=lambda d: d["name"])
+
+    def benchmark_frames(self, name: str) -> list[FrameDoc]:
+        return self.get_frames(self.benchmark(name)["frame_ids"])
 
     # ----------------------------------------------------------------- states
     def put_state(self, state: StateDoc) -> None:

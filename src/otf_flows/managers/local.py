@@ -75,7 +75,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     if existing is None:
         doc = CampaignDoc(
             name=config.name,
-            config=config.model_dump(mode="json"),
+            config=stored_config(config),
             total_steps=config.md.total_steps,
             status="running",
         )
@@ -90,10 +90,20 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
             "(only md.total_steps may change on resume)"
         )
     if config.md.total_steps != stored.md.total_steps:
-        existing = store.update_campaign(config.name, config=config.model_dump(mode="json"),
+        existing = store.update_campaign(config.name, config=stored_config(config),
                                          total_steps=config.md.total_steps)
     store.update_campaign(config.name, status="running", message=None)
     return resume_flow(existing, location)
+
+
+def stored_config(config: CampaignConfig) -> dict:
+    """The configuration as stored: a MongoDB URI in ``store:`` loses its credentials."""
+    from otf_flows.mongo import redact
+
+    data = config.model_dump(mode="json")
+    if data.get("store"):
+        data["store"] = redact(data["store"])
+    return data
 
 
 def run_campaign(config: CampaignConfig, store: OtfStore, flow: Flow | None = None, resume: bool = False) -> CampaignDoc:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: install everything, then run the liquid-silicon campaign with CP2K DFT checks
+# on the embedded store (./otf-store). About 15-20 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=${PYTHON:-python3}
+CONFIG=${1:-configs/si64-cp2k.yaml}
+if "$PY" -m otf_flows status "$(basename "$CONFIG" .yaml)" >/dev/null 2>&1; then
+  echo "== the campaign is already in ./otf-store: continuing it (--resume)"
+  exec "$PY" -m otf_flows run "$CONFIG" --resume
+fi
+exec "$PY" -m otf_flows run "$CONFIG"

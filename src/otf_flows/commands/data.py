@@ -1,0 +1,140 @@
+"""Data commands: export training data, fit outside a campaign, benchmark sets, export a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from otf_flows.commands import JsonOpt, StoreOpt, app, model_row, open_store_arg, print_json, print_table
+from otf_flows.errors import InputError
+
+data_app = typer.Typer(help="Training data.", no_args_is_help=True)
+benchmark_app = typer.Typer(help="Benchmark sets (named frames with reference labels).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(benchmark_app, name="benchmark")
+
+EnergyKey = typer.Option("REF_energy", "--energy-key", help="extxyz info key of the reference energy (eV).")
+ForcesKey = typer.Option("REF_forces", "--forces-key", help="extxyz array key of the reference forces (eV/Å).")
+VirialKey = typer.Option("REF_virial", "--virial-key", help="extxyz info key of the reference virial (eV).")
+ConfigTypeKey = typer.Option("config_type", "--config-type-key", help="extxyz info key of the configuration type.")
+
+
+@data_app.command("export")
+def data_export(campaign: str = typer.Argument(..., help="Campaign name."),
+                out: Path = typer.Argument(..., help="Output extxyz file."),
+                store: Optional[str] = StoreOpt) -> None:
+    """Write a campaign's training frames as extxyz (REF_energy, REF_forces, REF_virial, config_type)."""
+    from ase.io import write
+
+    from otf_flows.frames import frame_to_atoms
+
+    st = open_store_arg(store)
+    st.require_campaign(campaign)
+    frames = st.training_frames(campaign)
+    if out.suffix not in (".xyz", ".extxyz"):
+        raise InputError(f"OUT: {out} must end in .xyz or .extxyz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    write(tmp, [frame_to_atoms(f) for f in frames], format="extxyz")
+    tmp.replace(out)
+    typer.echo(f"wrote {len(frames)} training frames of {campaign} to {out}", err=True)
+
+
+@app.command()
+def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
+        out: Path = typer.Option(..., "--out", help="Directory for the model files (new or empty)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML with a refit: block (e.g. a campaign)."),
+        name: Optional[str] = typer.Option(None, "--name", help="Model id to register (default: fit-<hash>)."),
+        preset: str = typer.Option("default", "--preset", help="Descriptor preset: default, l-si, al2o3, a-c."),
+        default_sigma: Optional[str] = typer.Option(None, "--default-sigma", help="gap_fit default_sigma."),
+        descriptor_str: Optional[str] = typer.Option(None, "--descriptor-str", help="gap_fit descriptor string."),
+        extra_gap_opts: Optional[str] = typer.Option(None, "--extra-gap-opts", help="Extra gap_fit options."),
+        e0: Optional[str] = typer.Option(None, "--e0", help="Isolated-atom energies, e.g. 'Si:-158.5'."),
+        e0_method: Optional[str] = typer.Option(None, "--e0-method", help="average or isolated."),
+        energy_key: str = EnergyKey, forces_key: str = ForcesKey, virial_key: str = VirialKey,
+        config_type_key: str = ConfigTypeKey,
+        store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Fit a GAP outside a campaign and register it in the store."""
+    import yaml
+    from pydantic import ValidationError
+
+    from otf_flows.backends.gap import PRESETS
+    from otf_flows.campaign import Refit
+    from otf_flows.data import frames_from_xyz
+    from otf_flows.models import fit_and_register
+
+    if preset not in PRESETS:
+        raise InputError(f"--preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    refit_data: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise InputError(f"--config: {config} does not exist")
+        loaded = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"--config: {config} is not a mapping")
+        refit_data = dict(loaded.get("refit", loaded))
+        refit_data.pop("previous_data", None)
+    for key, value in (("default_sigma", default_sigma), ("descriptor_str", descriptor_str),
+                       ("extra_gap_opts", extra_gap_opts), ("e0", e0), ("e0_method", e0_method)):
+        if value is not None:
+            refit_data[key] = value
+    try:
+        refit = Refit.model_validate(refit_data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise InputError(f"refit.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
+    frames = frames_from_xyz(train, energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
+                             config_type_key=config_type_key)
+    st = open_store_arg(store, must_exist=False)
+    model = fit_and_register(st, frames, refit, out, preset=preset, model_id=name)
+    if as_json:
+        print_json(model_row(model))
+    else:
+        typer.echo(f"fitted {model.model_id} on {model.n_training_frames} frames in {model.fit_seconds:.1f} s; "
+                   f"files in {out}", err=True)
+
+
+@benchmark_app.command("add")
+def benchmark_add(name: str = typer.Argument(..., help="Benchmark set name."),
+                  file: Path = typer.Argument(..., help="Labelled extxyz file."),
+                  description: str = typer.Option("", "--description", help="Free text."),
+                  energy_key: str = EnergyKey, forces_key: str = ForcesKey, virial_key: str = VirialKey,
+                  config_type_key: str = ConfigTypeKey, store: Optional[str] = StoreOpt,
+                  as_json: bool = JsonOpt) -> None:
+    """Register a benchmark set from an extxyz file."""
+    from otf_flows.data import frames_from_xyz
+
+    frames = frames_from_xyz(file, energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
+                             config_type_key=config_type_key)
+    st = open_store_arg(store, must_exist=False)
+    doc = st.add_benchmark(name, frames, source=str(file), description=description)
+    row = {k: doc[k] for k in ("name", "n_frames", "config_types", "source", "created_at")}
+    if as_json:
+        print_json(row)
+    else:
+        typer.echo(f"benchmark {name}: {doc['n_frames']} frames ({', '.join(doc['config_types'])})", err=True)
+
+
+@benchmark_app.command("list")
+def benchmark_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Registered benchmark sets."""
+    st = open_store_arg(store)
+    rows = [{k: d[k] for k in ("name", "n_frames", "config_types", "source", "created_at")} for d in st.benchmarks()]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["name", "n_frames", "config_types", "source", "created_at"], "benchmark sets")
+
+
+@app.command("export-model")
+def export_model(model_id: str = typer.Argument(..., help="Model id."),
+                 dest: Path = typer.Argument(..., help="Directory (new or empty)."),
+                 store: Optional[str] = StoreOpt) -> None:
+    """Model files for stand-alone MD: GAP XML + sparseX, a LAMMPS snippet, an ASE example."""
+    from otf_flows.models import export_model as export
+
+    st = open_store_arg(store)
+    files = export(st, model_id, dest)
+    typer.echo(f"wrote {', '.join(p.name for p in files)} to {dest}", err=True)
