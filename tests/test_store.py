@@ -8,14 +8,12 @@ import os
 import time
 import uuid
 
-import numpy as np
 import pytest
-import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import write
 
-from conftest import CONFIGS, run_otf
+from conftest import run_otf
 from otf_flows.campaign import config_from_dict
 from otf_flows.data import frames_from_xyz
 from otf_flows.errors import StoreError

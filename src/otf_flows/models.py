@@ -7,7 +7,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from otf_flows.backends.gap import PRESETS, fit_gap, pack_model
+from otf_flows.backends.gap import PRESETS, fit_gap
 from otf_flows.errors import InputError
 from otf_flows.frames import frame_to_atoms
 from otf_flows.jobs.fit import register_fit
