@@ -133,6 +133,19 @@ class StructureBuilder(_Strict):
         return v
 
 
+class GuardSettings(_Strict):
+    """Blow-up guard of ML-MD segments; a tripped guard stops the segment, the stopped frame is
+    DFT-checked and trained on, and the campaign rolls back to the segment's start."""
+
+    enabled: bool = Field(True, description="Check every ML-MD step.")
+    min_distance_A: float = Field(1.0, ge=0, description="Smallest allowed interatomic distance (Å); 0 disables.")
+    max_force_eV_A: float = Field(25.0, gt=0, description="Largest allowed force component (eV/Å).")
+    max_temperature_factor: float = Field(
+        3.0, gt=1, description="Trip when T > factor × temperature_K + 500 K."
+    )
+    max_energy_jump_eV_per_atom: float = Field(0.5, gt=0, description="Largest energy change per step (eV/atom).")
+
+
 class MDSettings(_Strict):
     """Molecular dynamics settings (ASE integrators)."""
 
@@ -152,6 +165,7 @@ class MDSettings(_Strict):
     compressibility_per_GPa: float = Field(0.01, gt=0, description="NPT Berendsen compressibility (1/GPa).")
     seed: int = Field(42, description="Seed of initial velocities and of the Langevin noise.")
     trajectory_interval: int = Field(10, ge=0, description="Write a trajectory frame every this many steps (0: none).")
+    guard: GuardSettings = Field(default_factory=GuardSettings, description="Blow-up guard of ML-MD segments.")
 
 
 class AseReference(_Strict):
@@ -218,6 +232,9 @@ class CampaignConfig(_Strict):
     reference: ReferenceSettings = Field(description="Reference engine: {engine: ase|cp2k|vasp, ...}.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="ML model.")
     can_update: bool = Field(False, description="Refit the model when a check fails (hybrid-md default false).")
+    rollback_on_fail: bool = Field(
+        False, description="After a failed check and refit, re-run the segment from the previous check's frame."
+    )
     num_initial_steps: int = Field(0, ge=0, description="Reference-driven MD steps before the first fit.")
     check_interval: int = Field(1, ge=1, description="First (adaptive) or fixed interval between checks (MD steps).")
     adaptive_method_parameters: AdaptiveMethodParameters | None = Field(

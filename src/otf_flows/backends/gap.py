@@ -122,11 +122,11 @@ def gap_fit_command(
         "do_copy_at_file=F",
         "sparse_separate_file=T",
     ]
-    args += _split_opts(extra_gap_opts)
+    args += split_opts(extra_gap_opts)
     return args
 
 
-def _split_opts(text: str) -> list[str]:
+def split_opts(text: str) -> list[str]:
     """Split 'a=1 b = {x y}' into ['a=1', 'b={x y}'] keeping braces together."""
     text = " ".join(text.replace(" =", "=").replace("= ", "=").split())
     out, depth, current = [], 0, ""
@@ -146,7 +146,7 @@ def _split_opts(text: str) -> list[str]:
 
 def with_option(extra_gap_opts: str, key: str, value) -> str:
     """``extra_gap_opts`` with ``key`` set to ``value`` (replacing any existing one)."""
-    kept = [opt for opt in _split_opts(extra_gap_opts) if opt.split("=", 1)[0] != key]
+    kept = [opt for opt in split_opts(extra_gap_opts) if opt.split("=", 1)[0] != key]
     return " ".join([*kept, f"{key}={value}"])
 
 

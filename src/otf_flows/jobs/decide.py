@@ -9,6 +9,7 @@ from jobflow import Flow, Maker, Response, job
 
 from otf_flows import progress
 from otf_flows.checks import error_metrics, passes
+from otf_flows.faults import failpoint
 from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
@@ -52,7 +53,13 @@ class FinishMaker(Maker):
 
 @dataclass
 class DecideMaker(Maker):
-    """Errors and tolerance test of a check, the next interval, refit or not, what runs next."""
+    """Errors and tolerance test of a check, the next interval, refit or not, what runs next.
+
+    A segment stopped by the blow-up guard counts as a failed check of kind ``guard``: its
+    frame joins the training data, the model is refitted and the campaign rolls back to the
+    segment's start with the shortest interval. With ``rollback_on_fail`` a failed check
+    rolls back the same way.
+    """
 
     name: str = "compare and decide"
 
@@ -60,37 +67,51 @@ class DecideMaker(Maker):
     def make(self, campaign: str, store: str, segment: dict, check: dict, interval: int, n_steps: int):
         st, config = open_campaign(campaign, store)
         state = st.get_state(segment["state_id"])
-        check_id = f"{campaign}:check:{state.step}"
+        check_id = f"{campaign}:check:{state.step}:{state.model_id}"
         doc = st.get_check(check_id)
+        p = config.adaptive_method_parameters
         if doc is None:
-            with timed(st, campaign, "other", self.name, f"{campaign}:decide:{state.step}", state.step):
+            with timed(st, campaign, "other", self.name, f"{campaign}:decide:{check_id}", state.step):
                 frame = st.get_frames([check["frame_id"]])[0]
                 errors = error_metrics(
                     len(frame.numbers), state.ml_energy, frame.energy, state.ml_forces, frame.forces,
                     state.ml_virial, frame.virial,
                 )
-                passed = passes(errors, config.tolerances.model_dump())
-                p = config.adaptive_method_parameters
-                new_interval = next_interval(
-                    interval, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
-                )
+                guard = state.stopped_early
+                passed = passes(errors, config.tolerances.model_dump()) and guard is None
+                if guard is not None:
+                    new_interval = p.n_min if p else interval
+                else:
+                    new_interval = next_interval(
+                        interval, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
+                    )
                 refit = (not passed) and config.can_update
+                rollback = guard is not None or (config.rollback_on_fail and refit)
+                start = st.get_state(segment["start_state_id"])
                 doc = CheckDoc(
-                    check_id=check_id, campaign=campaign, step=state.step, interval=n_steps, passed=passed,
-                    new_interval=new_interval, refit=refit, model_id=state.model_id, frame_id=frame.frame_id,
-                    reference_seconds=check.get("reference_seconds", 0.0), **errors,
+                    check_id=check_id, campaign=campaign, step=state.step, interval=state.step - start.step,
+                    passed=passed, new_interval=new_interval, refit=refit, model_id=state.model_id,
+                    frame_id=frame.frame_id, reference_seconds=check.get("reference_seconds", 0.0),
+                    kind="guard" if guard else "check", guard_reason=guard,
+                    rolled_back_to=start.step if rollback else None, **errors,
                 )
                 if refit:
                     st.mark_training(frame.frame_id, campaign)
                 st.put_check(doc)
-        progress.emit("check", **doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "ediff", "fmax"}))
-        pending = check_id if doc.refit and doc.new_model_id is None else None
-        st.update_campaign(
-            campaign, step=state.step, state_id=state.state_id, interval=doc.new_interval, pending_refit=pending
-        )
+                failpoint("decide.stored")
+        progress.emit("check", **doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit",
+                                                                      "ediff", "fmax", "kind"}))
+        if doc.rolled_back_to is not None:
+            resume_id = segment["start_state_id"]
+            resume_step = doc.rolled_back_to
+        else:
+            resume_id, resume_step = state.state_id, state.step
+        pending = check_id if doc.refit and doc.new_model_id is None and doc.refit_error is None else None
+        st.update_campaign(campaign, step=resume_step, state_id=resume_id, interval=doc.new_interval,
+                           pending_refit=pending)
         jobs = []
         next_model = doc.new_model_id or doc.model_id
-        if doc.refit and doc.new_model_id is None:
+        if pending:
             fit = route(
                 RefitMaker().make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id),
                 "fit", config.execution,
@@ -99,10 +120,10 @@ class DecideMaker(Maker):
             jobs.append(fit)
             next_model = fit.output["model_id"]
         total = config.md.total_steps
-        if state.step < total:
+        if resume_step < total:
             jobs.append(
                 iteration_flow(
-                    campaign, store, state.state_id, next_model, state.step, doc.new_interval, total, config.execution
+                    campaign, store, resume_id, next_model, resume_step, doc.new_interval, total, config.execution
                 )
             )
         else:

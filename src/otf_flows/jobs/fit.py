@@ -9,7 +9,9 @@ from pathlib import Path
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.gap import PRESETS, fit_gap, pack_model
+from otf_flows.backends.gap import PRESETS, fit_gap, pack_model, split_opts, with_option
+from otf_flows.errors import FitFailedError
+from otf_flows.faults import failpoint
 from otf_flows.frames import frame_to_atoms
 from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.schemas.documents import ModelDoc
@@ -67,14 +69,20 @@ class RefitMaker(Maker):
             model_id = f"{campaign}-v{version}"
             descriptor = config.refit.descriptor_str or PRESETS[config.model.preset]
             with timed(st, campaign, "fit", self.name, f"{campaign}:fit:{model_id}"):
-                result = fit_gap(
-                    [frame_to_atoms(f) for f in frames], Path.cwd() / f"fit_{model_id}", config.refit,
-                    descriptor, config.model.num_threads,
-                )
+                try:
+                    result, refit_used, descriptor = fit_with_retries(
+                        [frame_to_atoms(f) for f in frames], Path.cwd() / f"fit_{model_id}", config.refit,
+                        descriptor, config.model.num_threads,
+                    )
+                except FitFailedError as err:
+                    if parent_model_id is None:
+                        raise
+                    return self._keep_parent(st, campaign, parent_model_id, trigger_check_id, err)
+            failpoint("fit.done")
             existing = register_fit(
                 st, result, frames, model_id=model_id, version=version, campaign=campaign,
                 parent=parent_model_id, trigger=trigger_check_id, trigger_step=check.step if check else None,
-                settings={"descriptor_str": descriptor, **config.refit.model_dump(mode="json", exclude={"previous_data"})},
+                settings={"descriptor_str": descriptor, **refit_used.model_dump(mode="json", exclude={"previous_data"})},
             )
         if trigger_check_id:
             check = st.get_check(trigger_check_id)
@@ -83,3 +91,51 @@ class RefitMaker(Maker):
         st.update_campaign(campaign, model_id=existing.model_id, pending_refit=None)
         progress.emit("refit", model_id=existing.model_id, n_frames=existing.n_training_frames, seconds=existing.fit_seconds)
         return {"model_id": existing.model_id}
+
+    def _keep_parent(self, st, campaign, parent_model_id, trigger_check_id, err):
+        """Every attempt failed: record why on the check and go on with the parent model."""
+        logger.warning("refit failed, keeping %s: %s", parent_model_id, err)
+        if trigger_check_id:
+            check = st.get_check(trigger_check_id)
+            st.put_check(check.model_copy(update={"refit_error": str(err)[:500]}))
+        st.update_campaign(campaign, model_id=parent_model_id, pending_refit=None)
+        progress.emit("refit_failed", model_id=parent_model_id, error=str(err))
+        return {"model_id": parent_model_id, "refit_error": str(err)}
+
+
+def _fewer_sparse(descriptor: str) -> str:
+    """The descriptor string with every n_sparse halved (at least 1)."""
+    import re
+
+    return re.sub(r"n_sparse\s*=\s*(\d+)", lambda m: f"n_sparse={max(1, int(m.group(1)) // 2)}", descriptor)
+
+
+def fit_with_retries(frames, workdir: Path, refit, descriptor: str, num_threads: int | None):
+    """gap_fit, then on failure a larger ``sparse_jitter``, then also fewer sparse points.
+
+    Returns the result with the refit settings and descriptor that worked; raises the last
+    :class:`FitFailedError` if all three attempts fail.
+    """
+    jitter = _jitter(refit.extra_gap_opts)
+    larger = max(jitter * 100.0, 1.0e-6)
+    bigger_jitter = refit.model_copy(update={"extra_gap_opts": with_option(refit.extra_gap_opts, "sparse_jitter", larger)})
+    attempts = [(refit, descriptor), (bigger_jitter, descriptor), (bigger_jitter, _fewer_sparse(descriptor))]
+    error = None
+    for i, (settings, desc) in enumerate(attempts):
+        try:
+            return fit_gap(frames, workdir / f"attempt_{i}", settings, desc, num_threads), settings, desc
+        except FitFailedError as err:
+            logger.warning("gap_fit attempt %d failed: %s", i + 1, err)
+            error = err
+    raise error
+
+
+def _jitter(extra_gap_opts: str) -> float:
+    for opt in split_opts(extra_gap_opts):
+        key, _, value = opt.partition("=")
+        if key.strip() == "sparse_jitter":
+            try:
+                return float(value)
+            except ValueError:
+                break
+    return 1.0e-8

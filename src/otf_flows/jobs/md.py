@@ -8,8 +8,10 @@ from jobflow import Maker, job
 
 from otf_flows import progress
 from otf_flows.backends.gap import gap_calculator
+from otf_flows.faults import failpoint
 from otf_flows.jobs.base import model_dir, open_campaign, timed
-from otf_flows.jobs.reference import state_doc, state_from_doc
+from otf_flows.jobs.reference import state_doc, state_from_doc, state_id
+from otf_flows.md.guard import make_guard
 from otf_flows.md.segment import run_segment
 
 
@@ -19,29 +21,47 @@ class MDSegmentMaker(Maker):
 
     The end state (positions, velocities, cell, RNG state, step) and the model's energy,
     forces and virial of the last frame are stored; the trajectory goes to the blob store.
+    The blow-up guard may stop the segment early; the output says why.
     """
 
     name: str = "ml-md segment"
 
     @job
-    def make(self, campaign: str, store: str, state_id: str, model_id: str, n_steps: int):
+    def make(self, campaign: str, store: str, start_state_id: str, model_id: str, n_steps: int):
         st, config = open_campaign(campaign, store)
-        start = st.get_state(state_id)
-        end_id = f"{campaign}:state:{start.step + n_steps}"
-        done = st.find_state(end_id)
-        if done is not None and done.model_id == model_id:
-            return {"state_id": end_id, "step": done.step, "stopped_early": done.stopped_early}
-        with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start.step}:{n_steps}", start.step):
+        start = st.get_state(start_state_id)
+        done = st.find_state(state_id(campaign, start.step + n_steps, model_id))
+        if done is None or done.start_state_id != start_state_id:
+            # a guard-stopped segment ends earlier; look it up by its start
+            done = _stopped(st, start_state_id, model_id)
+        if done is not None:
+            return {"state_id": done.state_id, "step": done.step, "stopped_early": done.stopped_early,
+                    "start_state_id": start_state_id}
+
+        def on_step(step: int) -> None:
+            progress.emit("md_step", step=step)
+            failpoint("md.step")
+
+        with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
+                   start.step):
             calc = gap_calculator(model_dir(st, model_id) / "gap.xml")
             result = run_segment(
                 state_from_doc(start), calc, config.md, n_steps, config.md.trajectory_interval,
-                progress=lambda s: progress.emit("md_step", step=s),
+                guard=make_guard(config.md.guard, config.md.temperature_K), progress=on_step,
             )
         traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
         virial = None if result.virial is None else result.virial.tolist()
         doc = state_doc(
             campaign, result.state, model_id=model_id, ml_energy=result.energy, ml_forces=result.forces.tolist(),
-            ml_virial=virial, trajectory=traj, stopped_early=result.stopped_early,
+            ml_virial=virial, trajectory=traj, stopped_early=result.stopped_early, start_state_id=start_state_id,
         )
         st.put_state(doc)
-        return {"state_id": doc.state_id, "step": doc.step, "stopped_early": result.stopped_early}
+        return {"state_id": doc.state_id, "step": doc.step, "stopped_early": result.stopped_early,
+                "start_state_id": start_state_id}
+
+
+def _stopped(st, start_state_id: str, model_id: str):
+    doc = st.collection("states").query_one(
+        {"start_state_id": start_state_id, "model_id": model_id, "stopped_early": {"$ne": None}}
+    )
+    return st.get_state(doc["state_id"]) if doc else None

@@ -14,6 +14,7 @@ from jobflow import Maker, job
 from otf_flows import progress
 from otf_flows.backends.reference import Labels, get_engine, settings_hash
 from otf_flows.data import import_previous_data
+from otf_flows.faults import failpoint
 from otf_flows.frames import frame_from_labels
 from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.md.segment import MDState, initial_state, run_segment
@@ -29,10 +30,16 @@ def reference_identity(config) -> tuple[str, dict]:
     return settings_hash(settings), settings
 
 
-def state_doc(campaign: str, state: MDState, **extra) -> StateDoc:
-    """A state document for ``state`` (id ``<campaign>:state:<step>``)."""
+def state_id(campaign: str, step: int, model_id: str | None) -> str:
+    """Deterministic id of the state at ``step`` reached with ``model_id`` (None: reference MD)."""
+    return f"{campaign}:state:{step}:{model_id or 'initial'}"
+
+
+def state_doc(campaign: str, state: MDState, model_id: str | None = None, **extra) -> StateDoc:
+    """A state document for ``state`` reached with ``model_id``."""
     return StateDoc(
-        state_id=f"{campaign}:state:{state.step}",
+        state_id=state_id(campaign, state.step, model_id),
+        model_id=model_id,
         campaign=campaign,
         step=state.step,
         numbers=state.numbers.tolist(),
@@ -93,6 +100,7 @@ class ReferenceCalculator(Calculator):
                 reference=self.ref_settings, campaign=self.campaign, md_step=step,
             )
             self.store.add_frame(frame, training_in=self.campaign)
+            failpoint("initial_md.labelled")
             progress.emit("reference", step=step, seconds=labels.seconds, kind="initial")
         self.results["energy"] = frame.energy
         self.results["forces"] = np.array(frame.forces)
@@ -117,9 +125,9 @@ class InitialMDMaker(Maker):
     def make(self, campaign: str, store: str):
         st, config = open_campaign(campaign, store)
         n = config.num_initial_steps
-        state_id = f"{campaign}:state:{n}"
+        start_id = state_id(campaign, n, None)
         imported = import_previous_data(st, config, campaign)
-        existing = st.find_state(state_id)
+        existing = st.find_state(start_id)
         if existing is None:
             atoms = build_structure(config.structure)
             start = initial_state(atoms, config.md)
@@ -133,8 +141,8 @@ class InitialMDMaker(Maker):
                 )
                 traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
                 st.put_state(state_doc(campaign, result.state, trajectory=traj))
-        st.update_campaign(campaign, state_id=state_id, step=n, status="running")
-        return {"state_id": state_id, "step": n, "n_imported": imported}
+        st.update_campaign(campaign, state_id=start_id, step=n, status="running")
+        return {"state_id": start_id, "step": n, "n_imported": imported}
 
 
 @dataclass
@@ -153,7 +161,7 @@ class ReferenceCheckMaker(Maker):
         seconds = 0.0
         if frame is None:
             engine = get_engine(config.reference)
-            with timed(st, campaign, "reference", self.name, f"{campaign}:check:{state.step}", state.step):
+            with timed(st, campaign, "reference", self.name, f"{campaign}:ref:{state.state_id}", state.step):
                 labels: Labels = engine.label(atoms, Path.cwd() / f"check_{state.step:06d}")
             seconds = labels.seconds
             frame = frame_from_labels(
@@ -161,8 +169,9 @@ class ReferenceCheckMaker(Maker):
                 campaign=campaign, md_step=state.step,
             )
             st.add_frame(frame)
+            failpoint("check.labelled")
         else:
-            entry = st.collection("ledger").query_one({"entry_id": f"{campaign}:check:{state.step}"})
+            entry = st.collection("ledger").query_one({"entry_id": f"{campaign}:ref:{state.state_id}"})
             seconds = entry["seconds"] if entry else 0.0
         progress.emit("reference", step=state.step, seconds=seconds, kind="check")
         return {"frame_id": frame.frame_id, "step": state.step, "reference_seconds": seconds}

@@ -21,6 +21,7 @@ from jobflow import Flow, Job
 
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import InputError
+from otf_flows.faults import failpoint
 from otf_flows.flows.campaign import campaign_flow, resume_flow
 from otf_flows.jobs.base import forget_stores
 from otf_flows.schemas.documents import CampaignDoc
@@ -45,6 +46,7 @@ def run_flow(flow: Flow | Job, jobstore, root_dir: Path) -> int:
             with chdir(job_dir):
                 response = job.run(store=jobstore, job_dir=job_dir)
             n_jobs += 1
+            failpoint("between_jobs")
             if response.stop_jobflow:
                 return n_jobs
             for diversion in (response.replace, response.detour, response.addition):

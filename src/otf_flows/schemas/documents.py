@@ -26,7 +26,7 @@ class FrameDoc(_Doc):
 
     frame_id: str = Field(description="Content hash of structure + labels + reference settings.")
     campaign: str | None = Field(None, description="Campaign that produced the frame (None for imports).")
-    source: Literal["initial_md", "check", "import", "guard"] = Field(description="How the frame was made.")
+    source: Literal["initial_md", "check", "import"] = Field(description="How the frame was made.")
     md_step: int | None = Field(None, description="MD step of the frame in its campaign.")
     config_type: str = Field("otf", description="Label used for per-type sigmas and metrics.")
     numbers: list[int] = Field(description="Atomic numbers.")
@@ -57,7 +57,9 @@ class FrameDoc(_Doc):
 class CheckDoc(_Doc):
     """One DFT check of the current model (DESIGN §6 fields)."""
 
-    check_id: str = Field(description="Unique id: '<campaign>:check:<step>'.")
+    check_id: str = Field(description="Unique id: '<campaign>:check:<step>:<model_id>'.")
+    kind: Literal["check", "guard"] = Field("check", description="A scheduled check, or the DFT check of a "
+                                            "frame where the blow-up guard stopped a segment.")
     campaign: str
     step: int = Field(description="MD step of the checked frame.")
     interval: int = Field(description="MD steps since the previous check (or since the start).")
@@ -71,6 +73,9 @@ class CheckDoc(_Doc):
     model_id: str = Field(description="Model that was checked.")
     new_model_id: str | None = Field(None, description="Model fitted after this check (None if no refit).")
     frame_id: str = Field(description="The checked frame (reference labels).")
+    guard_reason: str | None = Field(None, description="Why the guard stopped the segment (kind 'guard').")
+    rolled_back_to: int | None = Field(None, description="MD step the campaign continued from after a rollback.")
+    refit_error: str | None = Field(None, description="Why the refit failed (the previous model was kept).")
     reference_seconds: float = Field(0.0, description="Wall time of the reference calculation (s).")
     created_at: datetime = Field(default_factory=now)
 
@@ -97,7 +102,8 @@ class ModelDoc(_Doc):
 class StateDoc(_Doc):
     """Exact MD state at a step, to continue the trajectory from."""
 
-    state_id: str = Field(description="'<campaign>:state:<step>'.")
+    state_id: str = Field(description="'<campaign>:state:<step>:<model_id or initial>'.")
+    start_state_id: str | None = Field(None, description="State the segment ending here started from.")
     campaign: str
     step: int
     numbers: list[int]

@@ -1,0 +1,96 @@
+"""Reliability: SIGKILL at any point then --resume, gap_fit failures, the blow-up guard."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from conftest import run_otf
+from otf_flows.campaign import config_from_dict
+from otf_flows.schedule import next_interval
+from otf_flows.store import OtfStore
+
+KILL_POINTS = [
+    "initial_md.labelled:3",  # during the initial reference MD
+    "md.step:25",  # in the middle of an ML-MD segment
+    "fit.done:1",  # during a refit (gap_fit finished, model not yet registered)
+    "check.labelled:2",  # during a DFT check (label stored, job not finished)
+    "decide.stored:2",  # check stored, campaign pointer not yet moved
+    "between_jobs:5",  # between two jobs
+]
+
+
+def _assert_consistent(st: OtfStore, name: str, config) -> None:
+    doc = st.require_campaign(name)
+    assert doc.status == "completed" and doc.step == config.md.total_steps
+    frames = st.frames_of(name)
+    assert len({f.frame_id for f in frames}) == len(frames)
+    assert len({(f.source, f.md_step) for f in frames}) == len(frames)  # one label per step and kind
+    checks = st.checks(name)
+    steps = [c.step for c in checks]
+    assert steps == sorted(set(steps)), "checks must be strictly increasing in step"
+    assert steps[-1] == config.md.total_steps
+    failed = [c for c in checks if not c.passed]
+    models = st.models(name)
+    assert len(models) == 1 + len(failed)
+    chain = st.lineage(models[-1].model_id)
+    assert len(chain) == len(models)  # lineage unbroken
+    p = config.adaptive_method_parameters
+    interval, step = config.check_interval, config.num_initial_steps
+    for c in checks:
+        assert c.step == step + min(interval, config.md.total_steps - step)
+        assert c.new_interval == next_interval(interval, c.passed, p.n_min, p.n_max, p.factor)
+        interval, step = c.new_interval, c.step
+    n_training = config.num_initial_steps + 1 + len(failed)
+    assert len(st.training_frames(name)) == n_training == chain[0].n_training_frames
+
+
+def test_sigkill_at_six_points_then_resume(tmp_path, cu_config, write_config):
+    cu_config["md"]["total_steps"] = 400
+    path = write_config(cu_config)
+    store = str(tmp_path / "store")
+    first = True
+    for point in KILL_POINTS:
+        args = ["run", str(path), "--store", store] + ([] if first else ["--resume"])
+        result = run_otf(*args, env={"OTF_FAILPOINT": point})
+        assert result.returncode == -signal.SIGKILL, (point, result.returncode, result.stderr[-2000:])
+        first = False
+    result = run_otf("run", str(path), "--store", store, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_consistent(OtfStore(store), "cu-emt", config_from_dict(cu_config))
+
+
+def test_forced_gap_fit_failure_retries_with_larger_jitter(tmp_path, cu_config):
+    from otf_flows.managers.local import run_campaign
+
+    cu_config["md"]["total_steps"] = 60
+    cu_config["refit"]["extra_gap_opts"] = "sparse_jitter=-100"  # LA_Matrix_Factorise: cannot factorise
+    config = config_from_dict(cu_config)
+    st = OtfStore(str(tmp_path / "store"))
+    assert run_campaign(config, st).status == "completed"
+    for model in st.models("cu-emt"):
+        assert "sparse_jitter=1e-06" in model.fit_settings["extra_gap_opts"]
+    logs = list((tmp_path / "store" / "runs").rglob("attempt_0/gap_fit.log"))
+    assert logs and all("LA_Matrix_Factorise" in log.read_text() for log in logs)
+
+
+def test_refit_that_always_fails_keeps_the_parent(tmp_path, cu_config, write_config):
+    # a starting model fitted outside the campaign, then refits that cannot succeed
+    seed = dict(cu_config, name="seed")
+    seed["md"] = dict(cu_config["md"], total_steps=20)
+    store = str(tmp_path / "store")
+    assert run_otf("run", str(write_config(seed, "seed.yaml")), "--store", store).returncode == 0
+    cu_config.update(name="keeps-parent", num_initial_steps=0)
+    cu_config["model"] = {"initial_model": "seed-v1"}
+    cu_config["md"]["total_steps"] = 80
+    cu_config["tolerances"] = {"ediff": 1e-6}  # every check fails
+    cu_config["refit"]["extra_gap_opts"] = "no_such_gap_fit_option=1"
+    result = run_otf("run", str(write_config(cu_config)), "--store", store)
+    assert result.returncode == 0, result.stderr[-2000:]
+    st = OtfStore(store)
+    checks = st.checks("keeps-parent")
+    assert checks and all(not c.passed and c.refit and c.refit_error and c.new_model_id is None for c in checks)
+    assert all(c.model_id == "seed-v1" for c in checks)
+    assert st.models("keeps-parent") == []
+    assert st.require_campaign("keeps-parent").status == "completed"
