@@ -144,6 +144,9 @@ class GuardSettings(_Strict):
         3.0, gt=1, description="Trip when T > factor × temperature_K + 500 K."
     )
     max_energy_jump_eV_per_atom: float = Field(0.5, gt=0, description="Largest energy change per step (eV/atom).")
+    max_consecutive_trips: int = Field(
+        8, ge=2, description="Stop the campaign (resumable) after this many guard trips in a row."
+    )
 
 
 class MDSettings(_Strict):

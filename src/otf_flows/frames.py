@@ -56,7 +56,8 @@ def frame_to_atoms(frame: FrameDoc, label_keys: bool = True) -> Atoms:
         atoms.info[ENERGY_KEY] = frame.energy
         atoms.arrays[FORCES_KEY] = np.array(frame.forces)
         if frame.virial is not None:
-            atoms.info[VIRIAL_KEY] = np.array(frame.virial)
+            # 9 numbers, not a 3x3 array: extxyz would write the latter as JSON, which gap_fit ignores
+            atoms.info[VIRIAL_KEY] = np.asarray(frame.virial, dtype=float).reshape(9)
     else:
         stress = None
         if frame.virial is not None:

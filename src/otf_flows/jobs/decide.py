@@ -9,6 +9,7 @@ from jobflow import Flow, Maker, Response, job
 
 from otf_flows import progress
 from otf_flows.checks import error_metrics, passes
+from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.jobs.fit import RefitMaker
@@ -35,6 +36,41 @@ def iteration_flow(
     decide = route(DecideMaker().make(campaign, store, md.output, check.output, interval, n_steps), "light", execution)
     decide.name = f"decide {step + n_steps}"
     return Flow([md, check, decide], name=f"iteration {step + n_steps}")
+
+
+def unphysical_reference(frame, guard) -> str | None:
+    """Why the reference labels show the checked frame has already blown up (None if they do not)."""
+    if not guard.enabled:
+        return None
+    fmax = max(abs(x) for row in frame.forces for x in row)
+    if fmax > guard.max_force_eV_A:
+        return f"reference force component {fmax:.1f} eV/Å (> {guard.max_force_eV_A}) at step {frame.md_step}"
+    return None
+
+
+def rollback_target(store, campaign: str, start, guard):
+    """Where to continue after a guard trip: the segment's start, or further back if trips repeat there.
+
+    Raises :class:`OtfError` when the guard has tripped ``guard.max_consecutive_trips`` times in a
+    row: the campaign stops (resumable) rather than loop.
+    """
+    recent = store.checks(campaign)
+    streak = 0
+    for check in sorted(recent, key=lambda c: c.created_at, reverse=True):
+        if check.kind != "guard":
+            break
+        streak += 1
+    if streak + 1 >= guard.max_consecutive_trips:
+        raise OtfError(
+            f"blow-up guard tripped {streak + 1} times in a row (last from step {start.step}); campaign stopped. "
+            "Loosen md.guard, lower md.temperature_K or md.timestep_fs, or add training data, then --resume"
+        )
+    target = start
+    repeats = sum(1 for c in recent if c.kind == "guard" and c.rolled_back_state_id == start.state_id)
+    while repeats >= 1 and target.start_state_id is not None:
+        target = store.get_state(target.start_state_id)
+        repeats -= 1
+    return target
 
 
 @dataclass
@@ -77,7 +113,7 @@ class DecideMaker(Maker):
                     len(frame.numbers), state.ml_energy, frame.energy, state.ml_forces, frame.forces,
                     state.ml_virial, frame.virial,
                 )
-                guard = state.stopped_early
+                guard = state.stopped_early or unphysical_reference(frame, config.md.guard)
                 passed = passes(errors, config.tolerances.model_dump()) and guard is None
                 if guard is not None:
                     new_interval = p.n_min if p else interval
@@ -88,12 +124,14 @@ class DecideMaker(Maker):
                 refit = (not passed) and config.can_update
                 rollback = guard is not None or (config.rollback_on_fail and refit)
                 start = st.get_state(segment["start_state_id"])
+                target = rollback_target(st, campaign, start, config.md.guard) if guard else start
                 doc = CheckDoc(
                     check_id=check_id, campaign=campaign, step=state.step, interval=state.step - start.step,
                     passed=passed, new_interval=new_interval, refit=refit, model_id=state.model_id,
                     frame_id=frame.frame_id, reference_seconds=check.get("reference_seconds", 0.0),
                     kind="guard" if guard else "check", guard_reason=guard,
-                    rolled_back_to=start.step if rollback else None, **errors,
+                    rolled_back_to=target.step if rollback else None,
+                    rolled_back_state_id=target.state_id if rollback else None, **errors,
                 )
                 if refit:
                     st.mark_training(frame.frame_id, campaign)
@@ -101,8 +139,8 @@ class DecideMaker(Maker):
                 failpoint("decide.stored")
         progress.emit("check", **doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit",
                                                                       "ediff", "fmax", "kind"}))
-        if doc.rolled_back_to is not None:
-            resume_id = segment["start_state_id"]
+        if doc.rolled_back_state_id is not None:
+            resume_id = doc.rolled_back_state_id
             resume_step = doc.rolled_back_to
         else:
             resume_id, resume_step = state.state_id, state.step

@@ -75,6 +75,7 @@ class CheckDoc(_Doc):
     frame_id: str = Field(description="The checked frame (reference labels).")
     guard_reason: str | None = Field(None, description="Why the guard stopped the segment (kind 'guard').")
     rolled_back_to: int | None = Field(None, description="MD step the campaign continued from after a rollback.")
+    rolled_back_state_id: str | None = Field(None, description="State the campaign continued from after a rollback.")
     refit_error: str | None = Field(None, description="Why the refit failed (the previous model was kept).")
     reference_seconds: float = Field(0.0, description="Wall time of the reference calculation (s).")
     created_at: datetime = Field(default_factory=now)
