@@ -94,3 +94,28 @@ def test_refit_that_always_fails_keeps_the_parent(tmp_path, cu_config, write_con
     assert all(c.model_id == "seed-v1" for c in checks)
     assert st.models("keeps-parent") == []
     assert st.require_campaign("keeps-parent").status == "completed"
+
+
+def test_poor_model_trips_the_guard_and_recovers(tmp_path, cu_config):
+    """A model trained on 2 frames drives hot MD into an unphysical region; the guard rolls back."""
+    from otf_flows.managers.local import run_campaign
+
+    cu_config.update(name="poor", num_initial_steps=1, check_interval=200)
+    cu_config["adaptive_method_parameters"] = {"n_min": 20, "n_max": 400, "factor": 2}
+    cu_config["md"].update(total_steps=140, temperature_K=2000, timestep_fs=4.0)
+    cu_config["refit"]["default_sigma"] = "0.05 2.0 2.0 0.0"  # loose: a poor model
+    cu_config["refit"]["extra_gap_opts"] = "sparse_jitter=1.0e-8 rnd_seed=1"
+    cu_config["validation"] = {"checks": False}
+    config = config_from_dict(cu_config)
+    st = OtfStore(str(tmp_path / "store"))
+    assert run_campaign(config, st).status == "completed"
+    checks = sorted(st.checks("poor"), key=lambda c: c.created_at)
+    guards = [c for c in checks if c.kind == "guard"]
+    assert guards, [(c.step, c.fmax) for c in checks]
+    first = guards[0]
+    assert first.refit and first.new_model_id and first.rolled_back_to is not None
+    assert first.rolled_back_to < first.step
+    after = checks[checks.index(first) + 1]
+    assert after.step == first.rolled_back_to + 20  # continued from the rollback point with n_min
+    assert st.get_frames([first.frame_id])[0].frame_id in {f.frame_id for f in st.training_frames("poor")}
+    assert checks[-1].step == 140

@@ -203,6 +203,36 @@ class ModelSettings(_Strict):
     )
 
 
+class PromotionGate(_Strict):
+    """Flag (and optionally reject) a refitted model that validates worse than its parent."""
+
+    metric: Literal["force_rmse", "force_mae", "energy_rmse_per_atom", "energy_mae_per_atom"] = Field(
+        "force_rmse", description="Validation metric compared with the parent's."
+    )
+    max_ratio: float = Field(1.25, gt=1, description="Flag when metric(new) > max_ratio × metric(parent).")
+    keep_parent: bool = Field(False, description="Go on with the parent model when the new one is flagged.")
+
+
+class ValidationSettings(_Strict):
+    """Validation of new models (seed 001's recommendations) on benchmark sets and untrained check frames."""
+
+    benchmarks: list[str] = Field(
+        default_factory=list, description="Benchmark sets registered with `otf benchmark add`."
+    )
+    checks: bool = Field(True, description="Also validate on the campaign's check frames the model was not trained on.")
+    every: Literal["refit", "end"] | int = Field(
+        "refit", description="When: after every refit, every k-th refit (an integer), or at the end only."
+    )
+    promotion: PromotionGate | None = Field(None, description="Optional promotion gate against the parent model.")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'refit', 'end' or an integer >= 1")
+        return v
+
+
 class JobResources(_Strict):
     """Where and how one kind of job runs on a cluster (FireWorks routing)."""
 
@@ -246,6 +276,7 @@ class CampaignConfig(_Strict):
     tolerances: Tolerances = Field(default_factory=Tolerances, description="Check tolerances.")
     refit: Refit = Field(default_factory=Refit, description="GAP refit settings.")
     store: str | None = Field(None, description="Store directory or mongodb:// URI (overridden by --store / OTF_STORE).")
+    validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Validation of models.")
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Cluster resources per job kind.")
 
     @field_validator("reference", mode="before")

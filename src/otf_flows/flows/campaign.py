@@ -13,6 +13,7 @@ from otf_flows.jobs.decide import FinishMaker, iteration_flow
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.reference import InitialMDMaker
 from otf_flows.jobs.routing import route
+from otf_flows.jobs.validate import ValidateMaker
 from otf_flows.schemas.documents import CampaignDoc
 
 
@@ -52,7 +53,8 @@ def resume_flow(doc: CampaignDoc, store: str) -> Flow:
         jobs.append(fit)
         model = fit.output["model_id"]
     if doc.step >= total:
-        jobs.append(route(FinishMaker().make(doc.name, store, model), "light", config.execution))
+        final = route(ValidateMaker().make(doc.name, store, model), "light", config.execution)
+        jobs += [final, route(FinishMaker().make(doc.name, store, final.output["model_id"]), "light", config.execution)]
     else:
         interval = doc.interval or config.check_interval
         jobs.append(iteration_flow(doc.name, store, doc.state_id, model, doc.step, interval, total, config.execution))

@@ -16,6 +16,7 @@ from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
 from otf_flows.jobs.reference import ReferenceCheckMaker
 from otf_flows.jobs.routing import route
+from otf_flows.jobs.validate import ValidateMaker
 from otf_flows.schedule import next_interval
 from otf_flows.schemas.documents import CheckDoc
 
@@ -36,6 +37,16 @@ def iteration_flow(
     decide = route(DecideMaker().make(campaign, store, md.output, check.output, interval, n_steps), "light", execution)
     decide.name = f"decide {step + n_steps}"
     return Flow([md, check, decide], name=f"iteration {step + n_steps}")
+
+
+def _validate_now(settings, store, campaign: str) -> bool:
+    """Whether the refit about to run should be validated (``validation.every``)."""
+    if settings.every == "end":
+        return False
+    if settings.every == "refit":
+        return True
+    n_refits = len(store.models(campaign))  # the new model will be refit number n_refits
+    return n_refits % settings.every == 0
 
 
 def unphysical_reference(frame, guard) -> str | None:
@@ -157,6 +168,12 @@ class DecideMaker(Maker):
             fit.name = f"refit after check {state.step}"
             jobs.append(fit)
             next_model = fit.output["model_id"]
+            if _validate_now(config.validation, st, campaign):
+                validate = route(ValidateMaker().make(campaign, store, next_model), "light", config.execution)
+                validate.name = f"validate after check {state.step}"
+                jobs.append(validate)
+                if config.validation.promotion is not None and config.validation.promotion.keep_parent:
+                    next_model = validate.output["model_id"]
         total = config.md.total_steps
         if resume_step < total:
             jobs.append(
@@ -165,6 +182,9 @@ class DecideMaker(Maker):
                 )
             )
         else:
-            jobs.append(route(FinishMaker().make(campaign, store, next_model), "light", config.execution))
+            final = route(ValidateMaker().make(campaign, store, next_model), "light", config.execution)
+            final.name = "validate final model"
+            jobs += [final, route(FinishMaker().make(campaign, store, final.output["model_id"]), "light",
+                                  config.execution)]
         output = doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "model_id"})
         return Response(output=output, addition=Flow(jobs, name=f"after check {state.step}"))

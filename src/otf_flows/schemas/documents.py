@@ -97,6 +97,7 @@ class ModelDoc(_Doc):
     fit_log_summary: str = Field("", description="Tail of the gap_fit log.")
     fit_seconds: float = Field(description="Wall time of the fit (s).")
     artifact: str = Field(description="Blob key of the model archive (tar.gz of the XML and sparseX files).")
+    flags: list[str] = Field(default_factory=list, description="Warnings, e.g. a failed promotion gate.")
     created_at: datetime = Field(default_factory=now)
 
 

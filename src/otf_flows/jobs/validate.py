@@ -1,0 +1,69 @@
+"""The validation job: a model on the campaign's benchmark sets and untrained check frames."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from jobflow import Maker, job
+
+from otf_flows import progress
+from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.validation.evaluate import run_validation
+from otf_flows.validation.sets import CHECKS, get_validation
+
+logger = logging.getLogger(__name__)
+
+
+def promotion_verdict(new: dict, parent: dict, gate) -> str | None:
+    """The flag text when ``new`` is worse than ``parent`` by more than ``gate.max_ratio`` (else None)."""
+    a, b = new.get(gate.metric), parent.get(gate.metric)
+    if a is None or b is None or b <= 0:
+        return None
+    if a > gate.max_ratio * b:
+        return (f"promotion gate: {gate.metric} {a:.4g} on {new['benchmark']} is {a / b:.2f}x the parent's "
+                f"{b:.4g} (allowed {gate.max_ratio}x)")
+    return None
+
+
+@dataclass
+class ValidateMaker(Maker):
+    """Validate a model; with a promotion gate, flag it and maybe keep its parent.
+
+    Returns ``{"model_id": ...}``: the model the campaign goes on with.
+    """
+
+    name: str = "validate"
+
+    @job
+    def make(self, campaign: str, store: str, model_id: str):
+        st, config = open_campaign(campaign, store)
+        settings = config.validation
+        names = list(settings.benchmarks) + ([CHECKS] if settings.checks else [])
+        model = st.get_model(model_id)
+        results = {}
+        with timed(st, campaign, "other", self.name, f"{campaign}:validate:{model_id}"):
+            for name in names:
+                try:
+                    results[name] = get_validation(st, model_id, name) or run_validation(st, model_id, name)
+                except Exception as err:  # noqa: BLE001 - e.g. no untrained check frames yet
+                    logger.info("validation of %s on %s skipped: %s", model_id, name, err)
+        chosen = model_id
+        gate = settings.promotion
+        if gate is not None and model.parent_model_id is not None:
+            for name, result in results.items():
+                parent = get_validation(st, model.parent_model_id, name)
+                if parent is None:
+                    try:
+                        parent = run_validation(st, model.parent_model_id, name)
+                    except Exception:  # noqa: BLE001
+                        continue
+                flag = promotion_verdict(result, parent, gate)
+                if flag and flag not in model.flags:
+                    model = model.model_copy(update={"flags": [*model.flags, flag]})
+                    st.put_model(model)
+            if model.flags and gate.keep_parent:
+                chosen = model.parent_model_id
+                st.update_campaign(campaign, model_id=chosen)
+        progress.emit("validated", model_id=model_id, benchmarks=sorted(results), kept=chosen)
+        return {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
