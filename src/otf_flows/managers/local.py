@@ -64,6 +64,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     from otf_flows.backends.reference import get_engine
 
     if not resume:
+        validate_inputs(config)
         get_engine(config.reference).check_available()
     existing = store.get_campaign(config.name)
     location = store.location if store.kind != "embedded" else str(store.path)
@@ -75,6 +76,14 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     if existing is None and resume:
         raise InputError(f"--resume: campaign {config.name!r} is not in {store.describe()}; run without --resume")
     if existing is None:
+        for item in config.refit.previous_data:
+            kind, _, name = item.partition(":")
+            if kind == "campaign" and not Path(item).exists() and not store.training_frames(name):
+                raise InputError(f"refit.previous_data: campaign {name!r} has no training frames in {store.describe()}")
+            if kind == "model" and not Path(item).exists():
+                store.get_model(name)
+        if config.model.initial_model is not None:
+            store.get_model(config.model.initial_model)
         doc = CampaignDoc(
             name=config.name,
             config=stored_config(config),
@@ -96,6 +105,19 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
                                          total_steps=config.md.total_steps)
     store.update_campaign(config.name, status="running", message=None)
     return resume_flow(existing, location)
+
+
+def validate_inputs(config: CampaignConfig) -> None:
+    """Read the structure and every previous_data file now, so bad input fails before anything is stored."""
+    from otf_flows.data import frames_from_xyz
+    from otf_flows.structures import build_structure
+
+    build_structure(config.structure)
+    refit = config.refit
+    for item in refit.previous_data:
+        if item.split(":", 1)[0] in ("campaign", "model") and not Path(item).exists():
+            continue
+        frames_from_xyz(item, energy_key=refit.energy_key, forces_key=refit.forces_key, virial_key=refit.virial_key)
 
 
 def stored_config(config: CampaignConfig) -> dict:
