@@ -175,3 +175,26 @@ def test_unreachable_mongodb_cli_message(tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert "cannot open" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_campaign_reuses_another_campaigns_data_and_model(short_campaign, cu_config):
+    st = short_campaign
+    source = st.training_frames("short")
+    last = st.models("short")[-1]
+    cu_config.update(name="reuse", num_initial_steps=0)
+    cu_config["md"]["total_steps"] = 20
+    cu_config["refit"]["previous_data"] = ["campaign:short"]
+    doc = run_campaign(config_from_dict(cu_config), st)
+    assert doc.status == "completed"
+    first = st.get_model("reuse-v1")
+    assert set(first.training_frame_ids) >= {f.frame_id for f in source}
+    n_frames = st.collection("frames").count()
+    # from another campaign's model directly, no new fit needed
+    cu_config.update(name="reuse-model")
+    cu_config["refit"]["previous_data"] = [f"model:{last.model_id}"]
+    cu_config["model"] = {"initial_model": last.model_id}
+    assert run_campaign(config_from_dict(cu_config), st).status == "completed"
+    assert st.checks("reuse-model")[0].model_id == last.model_id
+    # shared frames are not copied: only the new campaign's check frames are added
+    assert st.collection("frames").count() == n_frames + len(st.checks("reuse-model"))
+    assert {f.frame_id for f in st.training_frames("reuse-model")} >= set(last.training_frame_ids)
