@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 PY=${PYTHON:-python3}
+if [[ $(id -u) -eq 0 ]]; then
+  bash scripts/slurm/start.sh            # a one-node SLURM cluster (apt-get installs it the first time)
+  trap 'bash scripts/slurm/stop.sh' EXIT
+fi
 "$PY" -m pytest -q "$@"

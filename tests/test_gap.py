@@ -91,3 +91,9 @@ def test_failed_fit_names_log(tmp_path):
     frames = _frames(2)
     with pytest.raises(FitFailedError, match="gap_fit.log"):
         fit_gap(frames, tmp_path / "fit", Refit(extra_gap_opts="no_such_option=1"), PRESETS["default"])
+
+
+def test_seed_is_passed_unless_set():
+    assert "rnd_seed=7" in gap_fit_command("t.xyz", "g.xml", "distance_2b cutoff=4", seed=7)
+    cmd = gap_fit_command("t.xyz", "g.xml", "distance_2b cutoff=4", extra_gap_opts="rnd_seed=3", seed=7)
+    assert "rnd_seed=3" in cmd and "rnd_seed=7" not in cmd

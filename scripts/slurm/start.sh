@@ -6,8 +6,9 @@
 #
 # Runs as root. Writes /etc/slurm/slurm.conf for this host (a backup of an existing one is kept
 # as slurm.conf.otf-backup), starts munged as the munge user, then slurmctld and slurmd, and waits
-# until the node is idle. Pid files: /run/munge/munged.pid, /run/slurmctld.pid, /run/slurmd.pid;
-# scripts/slurm/stop.sh stops exactly those processes. Idempotent: a running cluster is left alone.
+# until the node is idle. Pid files: /run/munge/munged.pid, /run/slurmctld.pid, /run/slurmd.pid.
+# The daemons this script starts are listed in /run/otf-slurm.started; scripts/slurm/stop.sh stops
+# exactly those. Idempotent: daemons already running are left alone (and not listed).
 set -euo pipefail
 
 install=1
@@ -20,6 +21,8 @@ for arg in "$@"; do
 done
 
 log() { echo "slurm/start.sh: $*" >&2; }
+started_list=/run/otf-slurm.started
+started() { echo "$1" >> "$started_list"; }
 
 if [[ $(id -u) -ne 0 ]]; then
     log "must run as root (it writes /etc/slurm and starts daemons)"; exit 2
@@ -62,6 +65,7 @@ chmod 0400 /etc/munge/munge.key
 if ! { [[ -f /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; }; then
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+    started munged
 fi
 for _ in $(seq 50); do munge -n </dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.2; done
 munge -n </dev/null | unmunge >/dev/null || { log "munge does not work"; exit 1; }
@@ -115,10 +119,12 @@ CONF
 if ! { [[ -f /run/slurmctld.pid ]] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null; }; then
     log "starting slurmctld"
     /usr/sbin/slurmctld -c
+    started slurmctld
 fi
 if ! { [[ -f /run/slurmd.pid ]] && kill -0 "$(cat /run/slurmd.pid)" 2>/dev/null; }; then
     log "starting slurmd"
     /usr/sbin/slurmd
+    started slurmd
 fi
 
 for i in $(seq 120); do

@@ -14,6 +14,7 @@ import click
 import typer
 
 import otf_flows.commands.campaign  # noqa: F401 - registers the commands
+import otf_flows.commands.cluster  # noqa: F401
 import otf_flows.commands.report  # noqa: F401
 import otf_flows.commands.data  # noqa: F401
 from otf_flows.commands import app

@@ -9,11 +9,15 @@ Location (``--store``, ``OTF_STORE``, the YAML's ``store:``, else ``./otf-store`
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from maggma.stores import MemoryStore, MontyStore
+from montydb import MontyClient, set_storage
 
 from otf_flows.errors import NotFoundError, StoreError
 from otf_flows.schemas.documents import (
@@ -89,12 +93,11 @@ class OtfStore:
             self.path = Path(location).expanduser().resolve()
 
     # ----------------------------------------------------------------- backends
-    def _make(self, collection: str):
-        from maggma.stores import MemoryStore, MontyStore
-
+    def make_store(self, collection: str):
+        """An unconnected maggma store for one collection on this backend."""
         key = COLLECTIONS.get(collection, "task_id")
         if self.kind == "embedded":
-            return MontyStore(collection, database_path=str(self.path / "db"), database_name="otf", key=key)
+            return EmbeddedMontyStore(collection, database_path=str(self.path / "db"), database_name="otf", key=key)
         if self.kind == "memory":
             return MemoryStore(collection_name=f"{self.location}/{collection}", key=key)
         from otf_flows.mongo import mongo_store
@@ -107,13 +110,13 @@ class OtfStore:
             if self.kind == "memory":
                 shared = OtfStore._memory.setdefault(self.location, {})
                 if name not in shared:
-                    shared[name] = self._make(name)
+                    shared[name] = self.make_store(name)
                     shared[name].connect()
                 self._stores[name] = shared[name]
             else:
                 if self.kind == "embedded":
                     (self.path / "db").mkdir(parents=True, exist_ok=True)
-                store = self._make(name)
+                store = self.make_store(name)
                 try:
                     store.connect()
                     if self.kind == "mongo":
@@ -370,6 +373,30 @@ class OtfStore:
                     pass
         self._stores.clear()
         self._jobstore = None
+
+
+class EmbeddedMontyStore(MontyStore):
+    """maggma's ``MontyStore`` that writes montydb's storage config once, under a file lock.
+
+    maggma rewrites it on every connect; another process connecting at that moment reads
+    an empty file and fails.
+    """
+
+    def connect(self, force_reset: bool = False):
+        if not self._coll or force_reset:
+            path = Path(self.database_path)
+            path.mkdir(parents=True, exist_ok=True)
+
+            def configured() -> bool:
+                return (path / "monty.storage.cfg").exists() and (path / ".monty.storage").exists()
+
+            if not configured():
+                with open(path / ".otf.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if not configured():
+                        set_storage(self.database_path, storage=self.storage, **self.storage_kwargs)
+            client = MontyClient(self.database_path, **self.client_kwargs)
+            self._coll = client[self.database_name][self.collection_name]
 
 
 def _clean(doc: dict) -> dict:

@@ -95,6 +95,7 @@ def gap_fit_command(
     forces_key: str = FORCES_KEY,
     virial_key: str = VIRIAL_KEY,
     executable: str = "gap_fit",
+    seed: int | None = None,
 ) -> list[str]:
     """The ``gap_fit`` argument list (no shell quoting needed).
 
@@ -122,8 +123,10 @@ def gap_fit_command(
         "do_copy_at_file=F",
         "sparse_separate_file=T",
     ]
-    args += split_opts(extra_gap_opts)
-    return args
+    extra = split_opts(extra_gap_opts)
+    if seed is not None and not any(opt.startswith("rnd_seed=") for opt in extra):
+        args.append(f"rnd_seed={seed}")  # reproducible sparse-point selection
+    return args + extra
 
 
 def split_opts(text: str) -> list[str]:
@@ -168,7 +171,14 @@ def check_gap_fit(executable: str = "gap_fit") -> str:
     return path
 
 
-def fit_gap(frames: list[Atoms], workdir: Path, settings, descriptor_str: str, num_threads: int | None = None) -> FitResult:
+def fit_gap(
+    frames: list[Atoms],
+    workdir: Path,
+    settings,
+    descriptor_str: str,
+    num_threads: int | None = None,
+    seed: int | None = 1,
+) -> FitResult:
     """Fit a GAP from scratch on ``frames`` (labels in ``REF_*`` keys) inside ``workdir``.
 
     Parameters
@@ -184,6 +194,8 @@ def fit_gap(frames: list[Atoms], workdir: Path, settings, descriptor_str: str, n
         gap_fit descriptor string.
     num_threads
         OpenMP threads (default: leave the environment's setting).
+    seed
+        gap_fit's ``rnd_seed`` unless ``extra_gap_opts`` sets one (None: gap_fit's default).
     """
     check_gap_fit()
     workdir = Path(workdir)
@@ -201,6 +213,7 @@ def fit_gap(frames: list[Atoms], workdir: Path, settings, descriptor_str: str, n
         e0=settings.e0,
         e0_method=settings.e0_method,
         extra_gap_opts=settings.extra_gap_opts,
+        seed=seed,
     )
     env = {**os.environ}
     if num_threads:

@@ -72,7 +72,7 @@ class RefitMaker(Maker):
                 try:
                     result, refit_used, descriptor = fit_with_retries(
                         [frame_to_atoms(f) for f in frames], Path.cwd() / f"fit_{model_id}", config.refit,
-                        descriptor, config.model.num_threads,
+                        descriptor, config.execution.fit.omp_threads or config.model.num_threads, config.md.seed,
                     )
                 except FitFailedError as err:
                     if parent_model_id is None:
@@ -110,7 +110,7 @@ def _fewer_sparse(descriptor: str) -> str:
     return re.sub(r"n_sparse\s*=\s*(\d+)", lambda m: f"n_sparse={max(1, int(m.group(1)) // 2)}", descriptor)
 
 
-def fit_with_retries(frames, workdir: Path, refit, descriptor: str, num_threads: int | None):
+def fit_with_retries(frames, workdir: Path, refit, descriptor: str, num_threads: int | None, seed: int | None = 1):
     """gap_fit, then on failure a larger ``sparse_jitter``, then also fewer sparse points.
 
     Returns the result with the refit settings and descriptor that worked; raises the last
@@ -123,7 +123,7 @@ def fit_with_retries(frames, workdir: Path, refit, descriptor: str, num_threads:
     error = None
     for i, (settings, desc) in enumerate(attempts):
         try:
-            return fit_gap(frames, workdir / f"attempt_{i}", settings, desc, num_threads), settings, desc
+            return fit_gap(frames, workdir / f"attempt_{i}", settings, desc, num_threads, seed), settings, desc
         except FitFailedError as err:
             logger.warning("gap_fit attempt %d failed: %s", i + 1, err)
             error = err
