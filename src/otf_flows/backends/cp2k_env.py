@@ -30,11 +30,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CP2K_INSTALL_HINT",
+    "cache_dir",
+    "cp2k_environment",
+    "cp2k_program",
+    "ensure_pmg_cp2k_data",
     "find_cp2k",
     "find_cp2k_data",
-    "cache_dir",
-    "ensure_pmg_cp2k_data",
-    "cp2k_environment",
 ]
 
 CP2K_INSTALL_HINT = "install CP2K ('apt-get install cp2k') or load your HPC cp2k module"
@@ -73,8 +74,7 @@ def find_cp2k(command: str = "cp2k.psmp") -> list[str]:
     argv = shlex.split(command)
     if not argv:
         raise BackendUnavailableError("reference.cp2k_cmd is empty; give the CP2K command, e.g. 'cp2k.psmp'")
-    # The CP2K program is the first argument naming cp2k (after any mpirun/srun launcher).
-    index = next((i for i, arg in enumerate(argv) if Path(arg).name.startswith("cp2k")), 0)
+    index = _program_index(argv)
     program = argv[index]
     candidates = [program]
     if Path(program).name == program and program in _CP2K_NAMES:
@@ -88,8 +88,18 @@ def find_cp2k(command: str = "cp2k.psmp") -> list[str]:
     raise BackendUnavailableError(f"CP2K executable {program!r} not found on PATH; {CP2K_INSTALL_HINT}")
 
 
+def cp2k_program(argv: list[str]) -> str:
+    """The CP2K program of a command line (the first argument naming cp2k, else the first)."""
+    return argv[_program_index(argv)]
+
+
+def _program_index(argv: list[str]) -> int:
+    """Index of the CP2K program in ``argv``, after any mpirun/srun launcher."""
+    return next((i for i, arg in enumerate(argv) if Path(arg).name.startswith("cp2k")), 0)
+
+
 def find_cp2k_data(executable: str | os.PathLike | None = None) -> Path:
-    """CP2K's own data directory (the one holding ``BASIS_MOLOPT`` and ``GTH_POTENTIALS``).
+    """CP2K's own data directory: the one holding ``BASIS_MOLOPT``, ``POTENTIAL``, ...
 
     Looks in ``$CP2K_DATA_DIR``, then ``<prefix>/share/cp2k[/data]`` next to ``executable``,
     then ``/usr/share/cp2k[/data]`` (Debian/Ubuntu) and ``/usr/local/share/cp2k[/data]``.

@@ -22,8 +22,8 @@ class Cp2kReference(Strict):
     """CP2K through atomate2's StaticMaker and custodian, with fast MD-checking defaults.
 
     The defaults (PBE, DZVP-MOLOPT-SR-GTH/GTH-PBE, 300/50 Ry, Γ point, restricted
-    Kohn-Sham, diagonalisation with 1000 K Fermi-Dirac smearing) label an 8-atom Si cell
-    in a few seconds; they are a checking level of theory, not a converged one.
+    Kohn-Sham, diagonalisation with 1000 K Fermi-Dirac smearing) label 8 Si atoms in
+    10-25 s on two cores; they are a checking level of theory, not a converged one.
     """
 
     engine: Literal["cp2k"] = "cp2k"
@@ -39,10 +39,15 @@ class Cp2kReference(Strict):
         None, ge=1, description="OMP_NUM_THREADS of the CP2K process (threads); null leaves the environment's."
     )
     custodian_max_errors: int = Field(
-        5, ge=0, description="Errors custodian's CP2K handlers may correct within one attempt (count)."
+        5,
+        ge=1,
+        description="Errors custodian's CP2K handlers may correct within one attempt (count); "
+        "custodian gives up when this many have occurred.",
     )
 
-    xc_functional: str = Field("PBE", description="Exchange-correlation functional, e.g. PBE, PBESOL, LDA.")
+    xc_functional: str = Field(
+        "PBE", description="Exchange-correlation functional as a CP2K XC_FUNCTIONAL section name: PBE, BLYP, LDA, ..."
+    )
     basis_set: str = Field(
         "DZVP-MOLOPT-SR-GTH", description="Gaussian basis set of every element not in basis_set_by_element."
     )
@@ -50,7 +55,9 @@ class Cp2kReference(Strict):
         default_factory=dict, description="Per-element basis set names, e.g. {O: TZVP-MOLOPT-GTH}."
     )
     potential: str = Field(
-        "GTH-PBE", description="GTH pseudopotential of every element not in potential_by_element."
+        "GTH-PBE",
+        description="GTH pseudopotential of every element not in potential_by_element; match it to "
+        "xc_functional (GTH-BLYP for BLYP).",
     )
     potential_by_element: dict[str, str] = Field(
         default_factory=dict, description="Per-element pseudopotential names, e.g. {Fe: GTH-PBE-q16}."
@@ -66,7 +73,8 @@ class Cp2kReference(Strict):
     )
     kpoints: tuple[int, int, int] = Field(
         (1, 1, 1),
-        description="Γ-centred Monkhorst-Pack grid (divisions along a, b, c); [1, 1, 1] is the Γ point only.",
+        description="Monkhorst-Pack k-point grid (divisions along a, b, c; CP2K's MONKHORST-PACK scheme, "
+        "time-reversal reduction only); [1, 1, 1] is the Γ point only, without a KPOINTS section.",
     )
     electronic_temperature_K: float | None = Field(
         1000.0,

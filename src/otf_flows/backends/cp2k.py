@@ -1,0 +1,403 @@
+"""CP2K reference engine: one single point through atomate2's CP2K ``StaticMaker``.
+
+Each attempt writes the inputs with atomate2's input-set generator (our fast
+MD-checking settings on top), runs CP2K under custodian with atomate2's error handlers,
+and parses a ``TaskDocument``. Units are converted here, once: the task document gives
+energies in eV but forces in Hartree/Bohr and the stress in GPa with CP2K's sign (positive
+under compression); :class:`~otf_flows.backends.reference.Labels` hold eV, eV/Å and the
+virial in eV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from ase import Atoms, units
+
+from otf_flows.backends.cp2k_env import (
+    cp2k_environment,
+    cp2k_program,
+    ensure_pmg_cp2k_data,
+    find_cp2k,
+    find_cp2k_data,
+)
+from otf_flows.backends.cp2k_settings import Cp2kReference
+from otf_flows.backends.reference import Labels
+from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
+
+logger = logging.getLogger(__name__)
+
+
+__all__ = ["Cp2kEngine", "added_mos", "input_settings", "resolve_basis_and_potential"]
+
+try:  # Python >= 3.11
+    from contextlib import chdir as _chdir
+except ImportError:  # Python 3.10
+
+    @contextlib.contextmanager
+    def _chdir(path):
+        """Work in ``path`` for the block, then return to the previous directory."""
+        previous = os.getcwd()
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
+#: Data files preferred when a basis/potential name occurs in several CP2K files.
+_BASIS_FILES = ("BASIS_MOLOPT", "GTH_BASIS_SETS", "BASIS_SET", "BASIS_MOLOPT_UZH")
+_POTENTIAL_FILES = ("POTENTIAL", "GTH_POTENTIALS", "POTENTIAL_UZH")
+
+_SCF_CONVERGED = re.compile(r"SCF run converged in\s+(\d+)\s+steps")
+_SCF_NOT_CONVERGED = re.compile(r"SCF run NOT converged")
+
+#: CP2K's analytical stress is printed in GPa and is positive under compression:
+#: ASE's stress is its negative, and the virial ``-stress * V`` is ``+cp2k * GPa * V``.
+_GPA_TO_EV_PER_A3 = units.GPa
+
+
+class Cp2kEngine:
+    """CP2K single points via atomate2's ``StaticMaker`` and custodian.
+
+    Parameters
+    ----------
+    settings
+        The validated ``reference`` block.
+
+    Notes
+    -----
+    A calculation changes the working directory and ``os.environ`` of the process for
+    its duration (atomate2 and custodian need both), so calculations in threads of one
+    process run one at a time.
+    """
+
+    name = "cp2k"
+
+    def __init__(self, settings: Cp2kReference):
+        self.settings = settings
+
+    def check_available(self) -> None:
+        """Raise :class:`BackendUnavailableError` unless CP2K, its data and atomate2 are here."""
+        find_cp2k_data(cp2k_program(find_cp2k(self.settings.cp2k_cmd)))
+        _import_atomate2()
+
+    def label(self, atoms: Atoms, workdir: Path) -> Labels:
+        """Energy (eV), forces (eV/Å) and virial (eV) of ``atoms`` from CP2K.
+
+        Attempt ``n`` runs in ``workdir/attempt_n``; after ``retries`` failed retries a
+        :class:`ReferenceFailedError` names ``workdir``.
+
+        Raises
+        ------
+        InputError
+            If ``atoms`` is not periodic in all three directions.
+        BackendUnavailableError
+            If CP2K or its data cannot be found.
+        ConfigError
+            If a basis set or potential name is unknown for an element of ``atoms``.
+        ReferenceFailedError
+            If every attempt failed or did not converge.
+        """
+        if not atoms.pbc.all():
+            raise InputError(f"the cp2k reference engine needs a 3D-periodic cell, got pbc={atoms.pbc.tolist()}")
+        workdir = Path(workdir).resolve()
+        argv = find_cp2k(self.settings.cp2k_cmd)
+        command = shlex.join(argv)
+        data_dir = ensure_pmg_cp2k_data(find_cp2k_data(cp2k_program(argv)))
+        user_settings = input_settings(self.settings, atoms.get_chemical_symbols(), data_dir)
+        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
+
+        last_error = "no attempt made"
+        for attempt in range(1, self.settings.retries + 2):
+            directory = workdir / f"attempt_{attempt}"
+            if directory.exists():  # left by an earlier call: its outputs must not be parsed
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+            start = time.perf_counter()
+            try:
+                labels = self._run(frame, directory, command, user_settings, data_dir)
+            except (BackendUnavailableError, InputError):
+                raise
+            except Exception as err:  # noqa: BLE001 - custodian, CP2K and parsing errors are retried
+                last_error = _one_line(err)
+                logger.warning("cp2k attempt %d in %s failed: %s", attempt, directory, last_error)
+                continue
+            labels.seconds = time.perf_counter() - start
+            labels.meta["attempts"] = attempt
+            return labels
+        raise ReferenceFailedError(
+            f"CP2K single point failed after {self.settings.retries + 1} attempt(s) in {workdir}: {last_error}"
+        )
+
+    def _run(self, frame: Atoms, directory: Path, command: str, user_settings: dict, data_dir: Path) -> Labels:
+        """One attempt: atomate2's StaticMaker in ``directory``, then parse and convert."""
+        from atomate2.cp2k.jobs.core import StaticMaker
+        from atomate2.cp2k.sets.core import StaticSetGenerator
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        kpoints = None
+        if tuple(self.settings.kpoints) != (1, 1, 1):
+            from pymatgen.io.vasp.inputs import Kpoints
+
+            kpoints = Kpoints.monkhorst_automatic(tuple(self.settings.kpoints))
+        generator = StaticSetGenerator(
+            user_input_settings=user_settings,
+            user_kpoints_settings=kpoints,  # None: Γ point only, no KPOINTS section
+            sort_structure=False,  # keep the atom order of the frame
+        )
+        maker = StaticMaker(
+            input_set_generator=generator,
+            run_cp2k_kwargs={
+                "cp2k_cmd": command,
+                "max_errors": self.settings.custodian_max_errors,
+                # custodian sleeps polling_time_step (default 10 s) between polls of the
+                # process, which would round every short single point up to 10 s.
+                "custodian_kwargs": {"polling_time_step": 1, "monitor_freq": 30},
+            },
+            stop_children_kwargs={"handle_unsuccessful": False},  # we check the state ourselves
+        )
+        structure = AseAtomsAdaptor.get_structure(frame)
+        with (
+            cp2k_environment(data_dir, self.settings.xc_functional, self.settings.omp_threads),
+            _rks_safe_task_parsing(),
+            _chdir(directory),
+        ):
+            response = maker.make.original(maker, structure)
+        return _labels_from_task(response.output, frame, directory)
+
+
+def input_settings(settings: Cp2kReference, symbols: list[str], data_dir: str | Path) -> dict[str, Any]:
+    """atomate2 ``user_input_settings`` (pymatgen ``DftSet`` keywords) for ``settings``.
+
+    Parameters
+    ----------
+    settings
+        The reference block.
+    symbols
+        Chemical symbols of the frame's atoms.
+    data_dir
+        pymatgen's CP2K data directory, used to resolve basis and potential names.
+
+    Returns
+    -------
+    dict
+        Settings for :class:`atomate2.cp2k.sets.core.StaticSetGenerator`, with
+        ``settings.input_updates`` merged last.
+    """
+    basis_and_potential: dict[str, dict[str, Any]] = {}
+    electrons = 0
+    for element in sorted(set(symbols)):
+        basis = settings.basis_set_by_element.get(element, settings.basis_set)
+        potential = settings.potential_by_element.get(element, settings.potential)
+        basis_hash, potential_hash, valence = resolve_basis_and_potential(element, basis, potential, str(data_dir))
+        basis_and_potential[element] = {"basis": basis_hash, "potential": potential_hash, "aux_basis": None}
+        electrons += valence * symbols.count(element)
+
+    smearing = settings.electronic_temperature_K is not None
+    spin = {"UKS": settings.uks}  # not DftSet's spin_polarized keyword (see _rks_safe_task_parsing)
+    scf: dict[str, Any] = {"MAX_SCF": settings.max_scf}  # DftSet forces 400 without OT
+    if smearing:
+        extra = added_mos(electrons)
+        scf["ADDED_MOS"] = f"{extra} {extra}" if settings.uks else extra
+    updates: dict[str, Any] = {
+        "basis_and_potential": basis_and_potential,
+        "xc_functionals": settings.xc_functional,
+        "cutoff": settings.cutoff_Ry,
+        "rel_cutoff": settings.rel_cutoff_Ry,
+        "ngrids": settings.ngrids,
+        "eps_default": settings.eps_default,
+        "eps_pgf_orb": None,  # CP2K's default, sqrt(EPS_DEFAULT); atomate2's 1e-16 is slow
+        "eps_scf": settings.eps_scf,
+        "ot": False,
+        "smearing": smearing,
+        "mixing_method": settings.mixing_method,
+        "alpha": settings.mixing_alpha,
+        "nbuffer": settings.mixing_nbuffer,
+        "override_default_params": {"FORCE_EVAL": {"DFT": {**spin, "SCF": scf}}},
+    }
+    if smearing:
+        updates["elec_temp"] = settings.electronic_temperature_K
+    return _merge(updates, settings.input_updates)
+
+
+def added_mos(electrons: int) -> int:
+    """Empty orbitals per spin channel added for smearing: 25 % of the occupied ones, at least 10.
+
+    They typically reach several eV above the Fermi level, where Fermi-Dirac occupations
+    at ~1000 K are negligible, and cost far less than all orbitals (``ADDED_MOS -1``,
+    atomate2's choice, which made Si8 about 1.8x slower). For much hotter smearing set
+    ``FORCE_EVAL/DFT/SCF/ADDED_MOS`` through ``input_updates``.
+    """
+    return max(10, math.ceil(0.25 * math.ceil(electrons / 2)))
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_basis_and_potential(element: str, basis: str, potential: str, data_dir: str) -> tuple[str, str, int]:
+    """Hashes of a named basis set and pseudopotential in pymatgen's CP2K data.
+
+    A name matches an entry's name or one of its aliases; when several CP2K files hold
+    the name, the classic ones (``BASIS_MOLOPT``, ``POTENTIAL``) win, so the choice is
+    deterministic. The basis must be made for the potential's number of valence electrons.
+
+    Returns
+    -------
+    tuple
+        ``(basis_hash, potential_hash, valence_electrons)``.
+
+    Raises
+    ------
+    ConfigError
+        If a name is unknown for ``element`` or the electron counts differ.
+    """
+    path = Path(data_dir) / element
+    if not path.is_file():
+        raise ConfigError(f"reference: element {element!r} has no CP2K data in {data_dir}")
+    with open(path) as handle:
+        data = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    potentials = _named(data.get("potentials", {}), potential, _POTENTIAL_FILES)
+    if not potentials:
+        raise ConfigError(f"reference.potential: {potential!r} is not a CP2K potential of {element}")
+    potential_hash = potentials[0]
+    valence = data["potentials"][potential_hash]["info"].get("electrons")
+    if valence is None:
+        raise ConfigError(f"reference.potential: {potential!r} of {element} has no valence electron count")
+    bases = [
+        key
+        for key in _named(data.get("basis_sets", {}), basis, _BASIS_FILES)
+        if data["basis_sets"][key]["info"]["electrons"] in (None, valence)
+    ]
+    if not bases:
+        raise ConfigError(
+            f"reference.basis_set: {basis!r} is not a CP2K basis set of {element} for {valence} valence electrons"
+        )
+    return bases[0], potential_hash, int(valence)
+
+
+def _named(entries: dict[str, dict], name: str, preferred_files: tuple[str, ...]) -> list[str]:
+    """Keys of ``entries`` named or aliased ``name``, preferred files first."""
+    keys = [
+        key for key, entry in entries.items() if name == entry.get("name") or name in (entry.get("alias_names") or [])
+    ]
+
+    def rank(key: str) -> tuple[int, str, str]:
+        filename = entries[key].get("filename") or ""
+        order = preferred_files.index(filename) if filename in preferred_files else len(preferred_files)
+        return order, filename, key
+
+    return sorted(keys, key=rank)
+
+
+def _labels_from_task(task_doc, frame: Atoms, directory: Path) -> Labels:
+    """Labels (eV, eV/Å, eV) from an atomate2 CP2K task document; raises if unconverged."""
+    state = str(getattr(task_doc.state, "value", task_doc.state))
+    if state != "successful":
+        raise RuntimeError(f"task state is {state!r}")
+    output_text = _read_output(directory)
+    if _SCF_NOT_CONVERGED.search(output_text) or not _SCF_CONVERGED.search(output_text):
+        raise RuntimeError("SCF did not converge")
+    out = task_doc.output
+    species = [site.specie.symbol for site in out.structure]
+    if species != frame.get_chemical_symbols():
+        raise RuntimeError("atom order of the CP2K output differs from the frame")
+
+    energy = float(out.energy)  # eV (pymatgen converted it)
+    forces = np.asarray(out.forces, dtype=float) * (units.Hartree / units.Bohr)
+    if forces.shape != (len(frame), 3):
+        raise RuntimeError(f"parsed forces have shape {forces.shape}, expected {(len(frame), 3)}")
+    virial = None
+    if out.stress is not None:
+        virial = np.asarray(out.stress, dtype=float) * _GPA_TO_EV_PER_A3 * frame.get_volume()
+
+    calc = task_doc.calcs_reversed[0]
+    corrections = [c for run in (task_doc.custodian or []) for c in run.get("corrections", [])]
+    meta = {
+        "engine": "cp2k",
+        "directory": str(directory),
+        "cp2k_version": calc.cp2k_version,
+        "scf_steps": int(_SCF_CONVERGED.findall(output_text)[-1]),
+        "cp2k_seconds": getattr(calc.output.run_stats, "total_time", None),
+        "custodian_corrections": [{"errors": c.get("errors"), "actions": c.get("actions")} for c in corrections],
+    }
+    return Labels(energy=energy, forces=forces, virial=virial, meta=meta)
+
+
+def _read_output(directory: Path) -> str:
+    """Text of ``cp2k.out`` (atomate2 gzips it after parsing)."""
+    plain, zipped = directory / "cp2k.out", directory / "cp2k.out.gz"
+    if zipped.is_file():
+        with gzip.open(zipped, "rt") as handle:
+            return handle.read()
+    return plain.read_text()
+
+
+@contextlib.contextmanager
+def _rks_safe_task_parsing() -> Iterator[None]:
+    """Let atomate2 0.1.x parse restricted (RKS) CP2K runs.
+
+    ``CalculationInput.cleanup_dft`` calls ``.upper()`` on every value of the parsed
+    ``DFT|`` block until one equals "UKS"; for an RKS run it reaches the integer
+    multiplicity and raises ``AttributeError``. For the duration of the block the
+    module's ``CalculationInput`` is replaced by a subclass whose validator skips
+    non-strings (same result otherwise).
+    """
+    from atomate2.cp2k.schemas import calculation
+    from pydantic import field_validator
+
+    original = calculation.CalculationInput
+
+    class _CalculationInput(original):
+        @field_validator("dft", mode="before")
+        @classmethod
+        def cleanup_dft(cls, dft: dict) -> dict:
+            if any(isinstance(v, str) and v.upper() == "UKS" for v in dft.values()):
+                dft["UKS"] = True
+            return dft
+
+    calculation.CalculationInput = _CalculationInput
+    try:
+        yield
+    finally:
+        calculation.CalculationInput = original
+
+
+def _import_atomate2() -> None:
+    """Import what a CP2K calculation needs, or explain what to install."""
+    try:
+        import atomate2.cp2k.jobs.core  # noqa: F401
+        import custodian.cp2k.handlers  # noqa: F401
+    except ImportError as err:
+        raise BackendUnavailableError(
+            f"the cp2k reference engine needs atomate2 and custodian ({err}); pip install atomate2 custodian"
+        ) from None
+
+
+def _merge(base: dict, updates: dict) -> dict:
+    """``base`` updated recursively with ``updates`` (new dicts, inputs untouched)."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
