@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
-CONFIG=${1:-configs/si64-cp2k.yaml}
+CONFIG=${1:-configs/si32-cp2k.yaml}
 if "$PY" -m otf_flows status "$(basename "$CONFIG" .yaml)" >/dev/null 2>&1; then
   echo "== the campaign is already in ./otf-store: continuing it (--resume)"
   exec "$PY" -m otf_flows run "$CONFIG" --resume

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import click
 import typer
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         args.remove("--debug")
     level = os.environ.get("OTF_LOG_LEVEL", "DEBUG" if debug else "WARNING")
+    if not debug:  # third-party deprecation chatter is not for users; --debug shows it
+        for category in (UserWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
     try:

@@ -15,12 +15,12 @@ import functools
 import gzip
 import logging
 import math
-import os
 import re
 import shlex
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import chdir as _chdir
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +44,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Cp2kEngine", "added_mos", "input_settings", "resolve_basis_and_potential"]
 
-try:  # Python >= 3.11
-    from contextlib import chdir as _chdir
-except ImportError:  # Python 3.10
-
-    @contextlib.contextmanager
-    def _chdir(path):
-        """Work in ``path`` for the block, then return to the previous directory."""
-        previous = os.getcwd()
-        os.chdir(path)
-        try:
-            yield
-        finally:
-            os.chdir(previous)
 
 
 #: Data files preferred when a basis/potential name occurs in several CP2K files.

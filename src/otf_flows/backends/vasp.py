@@ -9,12 +9,12 @@ once: the task document gives eV and eV/Å, and the stress in kBar with VASP's s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
 import shutil
 import time
+from contextlib import chdir as _chdir
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +37,6 @@ __all__ = [
     "write_vasp_inputs",
 ]
 
-try:  # Python >= 3.11
-    from contextlib import chdir as _chdir
-except ImportError:  # Python 3.10
-
-    @contextlib.contextmanager
-    def _chdir(path):
-        """Work in ``path`` for the block, then return to the previous directory."""
-        previous = os.getcwd()
-        os.chdir(path)
-        try:
-            yield
-        finally:
-            os.chdir(previous)
 
 
 VASP_INSTALL_HINT = "VASP is licensed software: load your HPC vasp module or put the vasp_std build on PATH"
