@@ -188,13 +188,15 @@ def test_campaign_reuses_another_campaigns_data_and_model(short_campaign, cu_con
     assert doc.status == "completed"
     first = st.get_model("reuse-v1")
     assert set(first.training_frame_ids) >= {f.frame_id for f in source}
-    n_frames = st.collection("frames").count()
+    ids_before = set(st.collection("frames").distinct("frame_id"))
     # from another campaign's model directly, no new fit needed
     cu_config.update(name="reuse-model")
     cu_config["refit"]["previous_data"] = [f"model:{last.model_id}"]
     cu_config["model"] = {"initial_model": last.model_id}
     assert run_campaign(config_from_dict(cu_config), st).status == "completed"
     assert st.checks("reuse-model")[0].model_id == last.model_id
-    # shared frames are not copied: only the new campaign's check frames are added
-    assert st.collection("frames").count() == n_frames + len(st.checks("reuse-model"))
+    # shared frames are not copied: only check frames not seen before are added (with a fixed gap_fit
+    # seed, reuse-v1 equals short's last model, so the two campaigns may check identical frames)
+    new = {c.frame_id for c in st.checks("reuse-model")} - ids_before
+    assert st.collection("frames").count() == len(ids_before) + len(new)
     assert {f.frame_id for f in st.training_frames("reuse-model")} >= set(last.training_frame_ids)
