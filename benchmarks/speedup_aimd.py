@@ -1,0 +1,405 @@
+"""Speed-up over AIMD (the paper's Table I, on this machine): liquid Si with CP2K.
+
+In one run:
+
+1. **AIMD step cost through the engine**: MD steps driven by the campaign's CP2K engine
+   (each step one atomate2/custodian single point with the campaign's settings — what
+   ``num_initial_steps`` does);
+2. **AIMD step cost in CP2K itself**: CP2K's own Langevin MD (``RUN_TYPE MD``, wavefunction
+   extrapolation between steps) on the input the engine wrote, without the stress tensor —
+   what an AIMD user would run; the conservative baseline;
+3. **the OTF campaign** (``benchmarks/configs/si8-cp2k.yaml``: 10 000 steps) on a
+   temporary embedded store, timed job by job.
+
+Speed-up = (MD steps × AIMD step cost) / OTF wall time. Also reported: the wall-time split
+(reference / fit / ML-MD / orchestration and store), DFT calls, refits, MD steps per DFT
+call, the engine's cost per DFT call beyond CP2K's own run time, and the energy and force
+errors of every check after the first 10 % of the steps.
+
+    python benchmarks/speedup_aimd.py            # full: about 30-50 min on 2 cores
+    python benchmarks/speedup_aimd.py --quick    # Si8, cheap CP2K settings, 11 steps (about 1 min)
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    HERE,
+    CampaignTimer,
+    command_line,
+    header,
+    machine,
+    parser,
+    rerender,
+    stats,
+    table,
+    workdir,
+    write_results,
+)
+
+NAME = "speedup_aimd"
+
+#: Quick mode: the same system with cheap CP2K settings, the default GAP preset and 11 steps
+#: (2 initial reference steps, one check): 5 small DFT calls in all.
+QUICK = {
+    "md": {"total_steps": 11, "trajectory_interval": 10},
+    "reference": {"cutoff_Ry": 120.0, "rel_cutoff_Ry": 30.0, "ngrids": 3, "eps_default": 1.0e-7,
+                  "eps_scf": 1.0e-5, "max_scf": 40},
+    "model": {"preset": "default"},
+    "num_initial_steps": 1,
+    "check_interval": 10,
+    "adaptive_method_parameters": None,
+    "validation": {"checks": False},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- AIMD baselines
+def engine_calculator(engine, workdir: Path):
+    """ASE calculator labelling every evaluated frame with ``engine`` (one DFT call per MD step)."""
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    class EngineCalculator(Calculator):
+        implemented_properties = ["energy", "forces", "stress"]
+
+        def __init__(self):
+            super().__init__()
+            self.calls: list[dict] = []
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            start = time.perf_counter()
+            labels = engine.label(self.atoms.copy(), workdir / f"step_{len(self.calls):04d}")
+            seconds = time.perf_counter() - start
+            self.calls.append({"seconds": seconds, "cp2k_seconds": labels.meta.get("cp2k_seconds"),
+                               "scf_steps": labels.meta.get("scf_steps"), "directory": labels.meta.get("directory")})
+            self.results = {"energy": labels.energy, "forces": np.asarray(labels.forces)}
+            if labels.virial is not None:
+                self.results["stress"] = full_3x3_to_voigt_6_stress(-np.asarray(labels.virial) / self.atoms.get_volume())
+
+    return EngineCalculator()
+
+
+def aimd_through_engine(config, n_steps: int, workdir: Path) -> dict:
+    """``n_steps`` of MD driven by the campaign's reference engine; the cost of each DFT call."""
+    from otf_flows.backends.reference import get_engine
+    from otf_flows.md.segment import initial_state, run_segment
+    from otf_flows.structures import build_structure
+
+    engine = get_engine(config.reference)
+    calc = engine_calculator(engine, workdir)
+    state = initial_state(build_structure(config.structure), config.md)
+    start = time.perf_counter()
+    run_segment(state, calc, config.md, n_steps)
+    wall = time.perf_counter() - start
+    seconds = [c["seconds"] for c in calc.calls]
+    warm = seconds[1:] if len(seconds) > 1 else seconds  # the first call also imports atomate2 & co.
+    cp2k = [c["cp2k_seconds"] for c in calc.calls if c["cp2k_seconds"] is not None]
+    return {
+        "md_steps": n_steps,
+        "dft_calls": len(calc.calls),
+        "wall_s": wall,
+        "call_seconds": seconds,
+        "cp2k_seconds": cp2k,
+        "scf_steps": [c["scf_steps"] for c in calc.calls],
+        "step_cost_s": float(np.mean(warm)),
+        "engine_overhead_per_call_s": float(np.mean(warm) - np.mean(cp2k[1:] if len(cp2k) > 1 else cp2k))
+        if cp2k else None,
+        "template_dir": calc.calls[-1]["directory"],
+    }
+
+
+def _read_maybe_gz(directory: Path, name: str) -> bytes:
+    plain, packed = directory / name, directory / f"{name}.gz"
+    if plain.exists():
+        return plain.read_bytes()
+    return gzip.decompress(packed.read_bytes())
+
+
+def native_md_input(single_point_input: str, md, n_steps: int) -> str:
+    """CP2K's own Langevin MD from the engine's single-point input (same level of theory, no stress)."""
+    text = single_point_input.replace("RUN_TYPE ENERGY_FORCE", "RUN_TYPE MD")
+    if "RUN_TYPE MD" not in text:
+        raise ValueError("no 'RUN_TYPE ENERGY_FORCE' in the engine's CP2K input")
+    text = re.sub(r"^\s*STRESS_TENSOR\s+ANALYTICAL\s*$\n?", "", text, flags=re.MULTILINE | re.IGNORECASE)
+    text = re.sub(r"\s*&STRESS_TENSOR\s*\n\s*&END STRESS_TENSOR", "", text, flags=re.IGNORECASE)
+    return text + (
+        "\n&MOTION\n  &MD\n    ENSEMBLE LANGEVIN\n"
+        f"    STEPS {n_steps}\n    TIMESTEP {md.timestep_fs}\n    TEMPERATURE {md.temperature_K}\n"
+        f"    &LANGEVIN\n      GAMMA {md.friction_per_fs}\n    &END LANGEVIN\n  &END MD\n&END MOTION\n"
+    )
+
+
+def aimd_native(config, template_dir: Path, n_steps: int, workdir: Path) -> dict:
+    """CP2K's own MD for ``n_steps`` with the engine's input; per-step times from CP2K's MD log."""
+    from otf_flows.backends.cp2k_env import find_cp2k
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    template_dir = Path(template_dir)
+    single = _read_maybe_gz(template_dir, "cp2k.inp").decode()
+    for name in ("BASIS", "POTENTIAL"):
+        if (template_dir / name).exists() or (template_dir / f"{name}.gz").exists():
+            (workdir / name).write_bytes(_read_maybe_gz(template_dir, name))
+    (workdir / "md.inp").write_text(native_md_input(single, config.md, n_steps))
+    argv = [*find_cp2k(config.reference.cp2k_cmd), "-i", "md.inp", "-o", "md.out"]
+    env = {**os.environ}
+    if config.reference.omp_threads:
+        env["OMP_NUM_THREADS"] = str(config.reference.omp_threads)
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    out = (workdir / "md.out").read_text(errors="replace")
+    per_step = [float(x) for x in re.findall(r"MD\| CPU time per MD step \[s\]\s+(\S+)", out)]
+    scf = [int(x) for x in re.findall(r"SCF run converged in\s+(\d+)\s+steps", out)]
+    if len(per_step) != n_steps:
+        raise RuntimeError(f"CP2K MD printed {len(per_step)} step times, expected {n_steps}; see {workdir}/md.out")
+    steady = per_step[1:] if len(per_step) > 1 else per_step  # step 1 also pays the first full SCF
+    return {"md_steps": n_steps, "wall_s": wall, "step_seconds": per_step, "scf_steps": scf,
+            "step_cost_s": float(np.mean(steady))}
+
+
+# ----------------------------------------------------------------------------- the campaign
+_CP2K_TOTAL = re.compile(r"^\s*CP2K\s+1\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)\s*$", re.MULTILINE)
+
+
+def cp2k_internal_seconds(root: Path) -> list[float]:
+    """CP2K's own total run time of every ``cp2k.out`` under ``root`` (its timing report)."""
+    times = []
+    for path in sorted(root.rglob("cp2k.out*")):
+        if path.name not in ("cp2k.out", "cp2k.out.gz"):
+            continue
+        text = (gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()).decode(
+            errors="replace")
+        found = _CP2K_TOTAL.findall(text)
+        if found:
+            times.append(float(found[-1]))
+    return times
+
+
+def run_otf(config, store_dir: Path) -> dict:
+    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.store import OtfStore
+
+    store = OtfStore(str(store_dir))
+    flow = prepare_campaign(config, store)
+    with CampaignTimer() as timer:
+        start = time.perf_counter()
+        doc = run_campaign(config, store, flow)
+        measured = time.perf_counter() - start
+    name = config.name
+    total = config.md.total_steps
+    ledger = [d for d in store.collection("ledger").query({"campaign": name})]
+    ref_entries = [d for d in ledger if d["kind"] == "reference"]
+    checks = store.checks(name)
+    models = store.models(name)
+    split = store.time_split(name)
+    wall = doc.wall_seconds
+    cp2k = cp2k_internal_seconds(store.path / "runs" / name)
+    late = [c for c in checks if c.step > 0.1 * total and c.kind == "check"]
+    n_dft = len(ref_entries)
+    fine = timer.split(wall)
+    result = {
+        "campaign": name,
+        "status": doc.status,
+        "md_steps": doc.step,
+        "wall_s": wall,
+        "wall_measured_s": measured,
+        "dft_calls": n_dft,
+        "dft_calls_initial": sum(1 for d in ref_entries if d["job"] == "initial-md"),
+        "dft_calls_checks": sum(1 for d in ref_entries if d["job"] != "initial-md"),
+        "checks": len(checks),
+        "checks_failed": sum(1 for c in checks if not c.passed),
+        "guard_trips": sum(1 for c in checks if c.kind == "guard"),
+        "fits": len(models),
+        "refits": max(len(models) - 1, 0),
+        "md_steps_per_dft_call": total / n_dft if n_dft else None,
+        "split_s": {
+            "reference": split["reference"],
+            "fit": split["fit"],
+            "ml_md": split["ml_md"],
+            "orchestration_and_store": wall - split["reference"] - split["fit"] - split["ml_md"],
+        },
+        "ml_md_detail_s": {"gap_force": fine["gap_force_md_s"], "md_machinery": fine["md_machinery_s"],
+                           "model_loading": fine["model_loading_s"]},
+        "fine_split": fine,
+        "jobs_by_category": timer.by_category(),
+        "reference_call_s": stats([d["seconds"] for d in ref_entries]),
+        "initial_md_call_s": stats([d["seconds"] for d in ref_entries if d["job"] == "initial-md"]),
+        "cp2k_internal_s": stats(cp2k),
+        "engine_overhead_per_call_s": (split["reference"] - sum(cp2k)) / len(cp2k) if len(cp2k) == n_dft else None,
+        "errors_after_first_10pct": {
+            "checks": len(late),
+            "passed_fraction": sum(c.passed for c in late) / len(late) if late else None,
+            "ediff_eV_per_atom": stats([c.ediff for c in late]),
+            "fmax_eV_per_A": stats([c.fmax for c in late]),
+            "frmse_eV_per_A": stats([c.frmse for c in late]),
+            "vmax_eV_per_atom": stats([c.vmax for c in late]),
+        },
+        "check_rows": [c.model_dump(mode="json", include={"step", "interval", "ediff", "fmax", "frmse", "passed",
+                                                           "new_interval", "refit", "kind", "reference_seconds"})
+                       for c in checks],
+        "fit_seconds": [m.fit_seconds for m in models],
+    }
+    store.close()
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+def in_run_aimd_step(otf: dict) -> float | None:
+    """Mean cost of the campaign's own reference-driven MD steps (``num_initial_steps``): AIMD through
+    the engine measured under the same machine load as the rest of the OTF run."""
+    d = otf.get("initial_md_call_s")
+    if d and d.get("mean") is not None:
+        return d["mean"]
+    ref, n_init = otf["reference_call_s"], otf["dft_calls_initial"]
+    if not n_init or ref["mean"] is None:
+        return None
+    return (ref["mean"] * ref["n"] - sum(r["reference_seconds"] for r in otf["check_rows"])) / n_init
+
+
+def markdown(res: dict, info: dict, wall: float) -> str:
+    otf, eng, nat = res["otf"], res["aimd_engine"], res["aimd_native"]
+    w = otf["wall_s"]
+    s = otf["split_s"]
+    pct = {k: 100 * v / w for k, v in s.items()}
+    cfg = res["config"]
+    in_run = in_run_aimd_step(otf) or float("nan")
+    lines = [header("Speed-up over AIMD (Table I)", res["command"], info, wall), ""]
+    lines.append(
+        f"System: {res['system']}. GAP preset `{cfg['model'].get('preset', 'default')}`, "
+        f"{otf['md_steps']} MD steps of {cfg['md']['timestep_fs']} fs, Langevin {cfg['md']['temperature_K']} K; "
+        f"CP2K settings: {res['cp2k_settings']}.\n"
+    )
+    lines.append(table(
+        ["", "this run", "paper, liquid Si (250 atoms)"],
+        [
+            ["time in DFT (reference)", f"{pct['reference']:.1f} %", "2.5 %"],
+            ["time in gap_fit", f"{pct['fit']:.1f} %", "3.0 %"],
+            ["time in ML-MD (GAP forces + integrator)", f"{pct['ml_md']:.1f} %", "94.5 % (incl. system)"],
+            ["time in orchestration and store", f"{pct['orchestration_and_store']:.1f} %", "(in the above)"],
+            ["MD steps", otf["md_steps"], "100 000"],
+            ["DFT calls (initial MD + checks)",
+             f"{otf['dft_calls']} ({otf['dft_calls_initial']} + {otf['dft_calls_checks']})", "36"],
+            ["refits (fits in total)", f"{otf['refits']} ({otf['fits']})", "12"],
+            ["MD steps per DFT call", f"{otf['md_steps_per_dft_call']:.0f}", "2563 (per DFT computation)"],
+            ["OTF wall time", f"{w:.0f} s", ""],
+            ["AIMD step, through the engine", f"{eng['step_cost_s']:.1f} s", ""],
+            ["AIMD step, CP2K's own MD", f"{nat['step_cost_s']:.1f} s", ""],
+            ["AIMD step, through the engine, in the OTF run's initial MD", f"{in_run:.1f} s", ""],
+            ["AIMD steps in the same time (engine / CP2K MD)",
+             f"{w / eng['step_cost_s']:.0f} / {w / nat['step_cost_s']:.0f}", "≈ 5400"],
+            ["**speed-up** vs AIMD through the engine", f"**{res['speedup_vs_engine_aimd']:.0f}×**", "≈ 20×"],
+            ["**speed-up** vs CP2K's own MD", f"**{res['speedup_vs_native_aimd']:.0f}×**", ""],
+            ["speed-up vs the OTF run's own initial AIMD steps", f"{otf['md_steps'] * in_run / w:.0f}×", ""],
+        ],
+    ))
+    e = otf["errors_after_first_10pct"]
+    passed = 100 * (e["passed_fraction"] or 0)
+    lines += ["", f"Errors of the {e['checks']} checks after the first 10 % of the steps (passed: {passed:.0f} %):", ""]
+    lines.append(table(
+        ["metric", "mean", "median", "95th pct", "max"],
+        [[name, d["mean"], d["median"], d["p95"], d["max"]] for name, d in (
+            ("ediff (eV/atom)", e["ediff_eV_per_atom"]), ("fmax (eV/Å)", e["fmax_eV_per_A"]),
+            ("frmse (eV/Å)", e["frmse_eV_per_A"]), ("vmax (eV/atom)", e["vmax_eV_per_atom"]))],
+    ))
+    d = otf["ml_md_detail_s"]
+    ref = otf["reference_call_s"]
+    cp2k_mean = otf["cp2k_internal_s"]["mean"]
+    over = otf["engine_overhead_per_call_s"]
+    fits = ", ".join(f"{x:.0f}" for x in otf["fit_seconds"])
+    detail = (
+        f"ML-MD detail: GAP force calls {d['gap_force']:.0f} s, integrator/guard/trajectory "
+        f"{d['md_machinery']:.1f} s, model loading {d['model_loading']:.1f} s. "
+        f"DFT call through the engine: mean {ref['mean']:.1f} s"
+    )
+    if cp2k_mean is not None and over is not None:
+        detail += (f", of which CP2K's own run {cp2k_mean:.1f} s (engine overhead {over:.1f} s per call: "
+                   "atomate2 input set, custodian, parsing)")
+    lines += ["", detail + f". Fits: {fits} s."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=HERE / "configs" / "si8-cp2k.yaml", help="campaign YAML")
+    p.add_argument("--steps", type=int, default=None, help="override md.total_steps")
+    p.add_argument("--aimd-steps", type=int, default=None, help="engine-driven AIMD steps (full 3, quick 0: one single point)")
+    p.add_argument("--native-steps", type=int, default=None, help="CP2K MD steps (full 6, quick 1)")
+    args = p.parse_args(argv)
+    if rerender(args, NAME, markdown):
+        return 0
+
+    from otf_flows.campaign import config_from_dict
+    from otf_flows.structures import build_structure
+
+    t0 = time.perf_counter()
+    data = yaml.safe_load(args.config.read_text())
+    if args.quick:
+        data = _merge(data, QUICK)
+    if args.steps:
+        data["md"]["total_steps"] = args.steps
+    config = config_from_dict(data, base_dir=args.config.parent)
+    aimd_steps = args.aimd_steps if args.aimd_steps is not None else (0 if args.quick else 3)
+    native_steps = args.native_steps or (1 if args.quick else 6)
+
+    with workdir(args.keep, NAME) as tmp:
+        print(f"[{NAME}] AIMD through the engine: {aimd_steps} steps", file=sys.stderr)
+        engine = aimd_through_engine(config, aimd_steps, tmp / "aimd_engine")
+        print(f"[{NAME}] AIMD step {engine['step_cost_s']:.1f} s; CP2K's own MD: {native_steps} steps",
+              file=sys.stderr)
+        native = aimd_native(config, Path(engine.pop("template_dir")), native_steps, tmp / "aimd_native")
+        print(f"[{NAME}] CP2K MD step {native['step_cost_s']:.1f} s; OTF campaign of "
+              f"{config.md.total_steps} steps", file=sys.stderr)
+        otf = run_otf(config, tmp / "store")
+
+    n = otf["md_steps"]
+    ref = config.reference
+    result = {
+        "benchmark": NAME,
+        "quick": args.quick,
+        "command": command_line(),
+        "system": f"Si{len(build_structure(config.structure))} liquid, {config.md.temperature_K:.0f} K",
+        "config": config.model_dump(mode="json"),
+        "cp2k_settings": f"{ref.xc_functional}, {ref.basis_set}, {ref.cutoff_Ry:g}/{ref.rel_cutoff_Ry:g} Ry, "
+                         f"EPS_DEFAULT {ref.eps_default:g}, EPS_SCF {ref.eps_scf:g}, Γ point, "
+                         f"{ref.electronic_temperature_K} K smearing, {ref.omp_threads} OpenMP threads",
+        "aimd_engine": engine,
+        "aimd_native": native,
+        "otf": otf,
+        "speedup_vs_engine_aimd": n * engine["step_cost_s"] / otf["wall_s"],
+        "speedup_vs_native_aimd": n * native["step_cost_s"] / otf["wall_s"],
+        "speedup_vs_in_run_aimd": n * (in_run_aimd_step(otf) or float("nan")) / otf["wall_s"],
+    }
+    info = machine()
+    result["machine"] = info
+    wall = time.perf_counter() - t0
+    result["benchmark_wall_s"] = wall
+    write_results(args.out, NAME, args.quick, result, markdown(result, info, wall))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
