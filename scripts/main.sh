@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
 CONFIG=${1:-configs/si32-cp2k.yaml}
-if "$PY" -m otf_flows status "$(basename "$CONFIG" .yaml)" >/dev/null 2>&1; then
+NAME=$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$CONFIG")
+if "$PY" -m otf_flows status "$NAME" >/dev/null 2>&1; then
   echo "== the campaign is already in ./otf-store: continuing it (--resume)"
   exec "$PY" -m otf_flows run "$CONFIG" --resume
 fi
