@@ -40,7 +40,6 @@ def print_json(data) -> None:
 
 def print_table(rows: list[dict], columns: list[str], title: str) -> None:
     """A rich table of ``rows`` on stdout."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -48,7 +47,20 @@ def print_table(rows: list[dict], columns: list[str], title: str) -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*[fmt(row[c]) for c in columns])
-    Console().print(table)
+    make_console().print(table)
+
+
+def make_console(stderr: bool = False):
+    """A rich console; into a pipe or a log file it is wide enough not to cut table cells
+    (rich assumes 80 columns there)."""
+    import os
+
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200
+    return console
 
 
 def fmt(value) -> str:

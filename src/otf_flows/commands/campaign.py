@@ -9,7 +9,17 @@ from typing import Optional
 
 import typer
 
-from otf_flows.commands import JsonOpt, StoreOpt, app, check_row, model_row, open_store_arg, print_json, print_table
+from otf_flows.commands import (
+    JsonOpt,
+    StoreOpt,
+    app,
+    check_row,
+    make_console,
+    model_row,
+    open_store_arg,
+    print_json,
+    print_table,
+)
 
 
 @app.command()
@@ -48,18 +58,17 @@ def _progress(cfg):
     """Context manager yielding an event listener that drives a rich progress bar."""
     from contextlib import contextmanager
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     @contextmanager
     def manager():
-        console = Console(stderr=True)
+        console = make_console(stderr=True)
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("steps │ interval {task.fields[interval]} │ checks {task.fields[checks]} "
-                       "(failed {task.fields[failed]}) │ refits {task.fields[refits]} │ DFT {task.fields[dft]}"),
+                       "(failed {task.fields[failed]}) │ fits {task.fields[refits]} │ DFT {task.fields[dft]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -68,6 +77,10 @@ def _progress(cfg):
                             refits=0, dft=0)
         counts = {"checks": 0, "failed": 0, "refits": 0, "dft": 0}
 
+        # In a log file (batch job, nohup) the bar is drawn only at the end: write a line per
+        # check and refit instead, so that progress can be followed with `tail -f`.
+        lines = not console.is_terminal
+
         def listener(event: str, data: dict) -> None:
             if event == "md_step":
                 bar.update(task, completed=data["step"])
@@ -75,12 +88,26 @@ def _progress(cfg):
                 counts["checks"] += 1
                 counts["failed"] += not data["passed"]
                 bar.update(task, completed=data["step"], interval=data["new_interval"], **counts)
+                if lines:
+                    verdict = "passed" if data["passed"] else "FAILED"
+                    console.print(f"step {data['step']}/{cfg.md.total_steps}: check {verdict}, next interval "
+                                  f"{data['new_interval']} ({counts['checks']} checks, {counts['refits']} fits, "
+                                  f"{counts['dft']} DFT calls, {bar.tasks[0].elapsed or 0:.0f} s)",
+                                  highlight=False)
             elif event == "refit":
                 counts["refits"] += 1
                 bar.update(task, **counts)
+                if lines:
+                    console.print(f"model {data['model_id']} fitted on {data['n_frames']} frames "
+                                  f"in {data['seconds'] or 0:.0f} s", highlight=False)
+            elif event == "refit_failed" and lines:
+                console.print(f"refit failed, going on with {data['model_id']}: {data['error']}", highlight=False)
             elif event == "reference":
                 counts["dft"] += 1
                 bar.update(task, **counts)
+                if lines:
+                    console.print(f"DFT call {counts['dft']} ({data['kind']}, step {data['step']}) "
+                                  f"took {data['seconds']:.0f} s", highlight=False)
 
         with bar:
             yield listener
@@ -89,7 +116,6 @@ def _progress(cfg):
 
 
 def _summary(st, name: str, seconds: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     doc = st.require_campaign(name)
@@ -113,7 +139,7 @@ def _summary(st, name: str, seconds: float) -> None:
         share = 100 * value / seconds if seconds > 0 else 0.0
         table.add_row(f"wall time: {label}", f"{value:.1f} s ({share:.1f} %)")
     table.add_row("wall time: total", f"{seconds:.1f} s")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     console.print(table)
     console.print(f"results: store {st.describe()} — try `otf checks {name}` and `otf models --campaign {name}`")
 
