@@ -16,7 +16,7 @@ Each is repeated and the fastest repeat is kept (the machine is shared; the mini
 least disturbed). Segment machinery overhead = (segment − GAP calls) / GAP calls; target
 under 10 %.
 
-    python benchmarks/md_throughput.py            # Cu108, Si8 and Si64 (about 8-12 min)
+    python benchmarks/md_throughput.py            # Cu108, Si8 and Si64 (about 10 min on 2 quiet cores)
     python benchmarks/md_throughput.py --quick    # Cu32 only (under a minute)
 """
 
@@ -52,11 +52,11 @@ def systems(quick: bool) -> list[dict]:
     if quick:
         return [cu32]
     return [
-        {**cu32, "name": "Cu108", "repeat": 3, "train_frames": 8, "steps": 200, "repeats": 3},
+        {**cu32, "name": "Cu108", "repeat": 3, "train_frames": 8, "steps": 100, "repeats": 3},
         {"name": "Si8", "element": "Si", "crystal": "diamond", "a": 5.25, "repeat": 1, "preset": "l-si",
-         "T": 2000.0, "timestep_fs": 1.0, "train_frames": 20, "steps": 200, "repeats": 3},
+         "T": 2000.0, "timestep_fs": 1.0, "train_frames": 20, "steps": 100, "repeats": 3},
         {"name": "Si64", "element": "Si", "crystal": "diamond", "a": 5.25, "repeat": 2, "preset": "l-si",
-         "T": 2000.0, "timestep_fs": 1.0, "train_frames": 6, "steps": 40, "repeats": 2},
+         "T": 2000.0, "timestep_fs": 1.0, "train_frames": 6, "steps": 20, "repeats": 3},
     ]
 
 

@@ -86,6 +86,14 @@ def test_real_fit_predicts_its_training_data(tmp_path):
     assert err < 0.1
     assert abs(atoms.get_potential_energy() - frames[0].info["REF_energy"]) / len(atoms) < 0.005
 
+    # ML-MD segments reuse the Potential of an extracted model instead of parsing its XML again
+    cached = gap_calculator(xml, cached=True)
+    assert cached is not calc and gap_calculator(xml, cached=True) is cached
+    assert cached.results == {}  # reset: no results of an earlier segment's last frame leak in
+    other = frames[1].copy()
+    other.calc = cached
+    assert np.allclose(other.get_forces(), gap_calculator(xml).get_forces(frames[1].copy()))
+
 
 def test_failed_fit_names_log(tmp_path):
     frames = _frames(2)

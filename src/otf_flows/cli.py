@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -43,6 +44,24 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
+    # SIGTERM (kill, a batch system's wall-time limit) stops like Ctrl-C: the running campaign
+    # records its wall time and "stopped" status and can be resumed.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(command, args, debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _run(command, args: list[str], debug: bool) -> int:
     try:
         command.main(args=args, prog_name="otf", standalone_mode=False)
     except _EXITS as err:
@@ -69,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"otf: failed: {err}\n")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         sys.stderr.write("otf: interrupted; continue with `otf run CONFIG --resume`\n")
-        return 130
+        return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # noqa: BLE001 - last resort: one line, not a traceback
         if debug:
             raise

@@ -265,8 +265,29 @@ def unpack_model(data: bytes, dest: Path) -> Path:
     return xml
 
 
-def gap_calculator(xml: Path):
-    """A quippy ``Potential`` for the GAP in ``xml`` (run from its directory's files)."""
+def gap_calculator(xml: Path, cached: bool = False):
+    """A quippy ``Potential`` for the GAP in ``xml`` (run from its directory's files).
+
+    With ``cached``, the Potential of the same file made earlier in this process is returned
+    (reset) instead of parsing the XML again, which costs 0.1-1 s per ML-MD segment for the
+    larger presets. Only for files that never change, such as extracted model archives.
+    """
+    if not cached:
+        return _new_potential(xml)
+    key = str(Path(xml).resolve())
+    pot = _POTENTIALS.pop(key, None) or _new_potential(xml)
+    pot.reset()
+    _POTENTIALS[key] = pot  # most recently used last
+    while len(_POTENTIALS) > _POTENTIAL_CACHE_SIZE:
+        _POTENTIALS.pop(next(iter(_POTENTIALS)))
+    return pot
+
+
+_POTENTIALS: dict[str, object] = {}
+_POTENTIAL_CACHE_SIZE = 2
+
+
+def _new_potential(xml: Path):
     try:
         from quippy.potential import Potential
     except ImportError as err:

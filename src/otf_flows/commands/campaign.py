@@ -124,7 +124,10 @@ def _summary(st, name: str, seconds: float) -> None:
     split = st.time_split(name)
     n_dft = len(st.frames_of(name))
     busy = split["reference"] + split["fit"] + split["ml_md"]
-    other = max(seconds - busy, 0.0)
+    # the split covers the whole campaign, over every run of it (--resume); the wall time of a
+    # run killed without a chance to record it is missing from doc.wall_seconds, hence the max
+    total = max(doc.wall_seconds, busy)
+    other = max(total - busy, 0.0)
     table = Table(title=f"campaign {name}: {doc.status}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -136,9 +139,11 @@ def _summary(st, name: str, seconds: float) -> None:
     table.add_row("current model", str(doc.model_id))
     for label, value in (("reference", split["reference"]), ("fit", split["fit"]), ("ML-MD", split["ml_md"]),
                          ("other", other)):
-        share = 100 * value / seconds if seconds > 0 else 0.0
+        share = 100 * value / total if total > 0 else 0.0
         table.add_row(f"wall time: {label}", f"{value:.1f} s ({share:.1f} %)")
-    table.add_row("wall time: total", f"{seconds:.1f} s")
+    table.add_row("wall time: campaign", f"{total:.1f} s ({total / 60:.1f} min)")
+    if abs(total - seconds) > 1.0:
+        table.add_row("wall time: this run", f"{seconds:.1f} s")
     console = make_console(stderr=True)
     console.print(table)
     console.print(f"results: store {st.describe()} — try `otf checks {name}` and `otf models --campaign {name}`")

@@ -50,6 +50,7 @@ def model_dir(store: OtfStore, model_id: str) -> Path:
 
         cache = Path(os.environ.get("OTF_CACHE_DIR", Path.home() / ".cache" / "otf_flows"))
         dest = cache / "models" / model.artifact[:16]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    unpack_model(store.get_blob(model.artifact), dest)
+    if not (dest / "gap.xml").exists():  # archives are immutable: extracted once, then reused
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        unpack_model(store.get_blob(model.artifact), dest)
     return dest

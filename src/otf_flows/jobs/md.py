@@ -44,7 +44,7 @@ class MDSegmentMaker(Maker):
 
         with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
                    start.step):
-            calc = gap_calculator(model_dir(st, model_id) / "gap.xml")
+            calc = gap_calculator(model_dir(st, model_id) / "gap.xml", cached=True)
             result = run_segment(
                 state_from_doc(start), calc, config.md, n_steps, config.md.trajectory_interval,
                 guard=make_guard(config.md.guard, config.md.temperature_K), progress=on_step,
