@@ -61,6 +61,33 @@ def test_sigkill_at_six_points_then_resume(tmp_path, cu_config, write_config):
     _assert_consistent(OtfStore(store), "cu-emt", config_from_dict(cu_config))
 
 
+def test_sigterm_stops_resumably_and_keeps_the_wall_time(tmp_path, cu_config, write_config):
+    """A batch system's SIGTERM: exit 143, status "stopped", the wall time so far recorded, then --resume."""
+    import os
+    import subprocess
+    import sys
+
+    cu_config["md"]["total_steps"] = 300
+    path = write_config(cu_config)
+    store = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-m", "otf_flows", "run", str(path), "--store", store],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ})
+    seen = []
+    for line in proc.stderr:  # into a pipe, `otf run` writes a line per check
+        seen.append(line)
+        if "check passed" in line or "check FAILED" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 143, "".join(seen) + rest
+    assert "--resume" in rest and "Traceback" not in rest
+    doc = OtfStore(store).require_campaign("cu-emt")
+    assert doc.status == "stopped" and 0 < doc.step < 300 and doc.wall_seconds > 0
+    result = run_otf("run", str(path), "--store", store, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert OtfStore(store).require_campaign("cu-emt").status == "completed"
+
+
 def test_forced_gap_fit_failure_retries_with_larger_jitter(tmp_path, cu_config):
     from otf_flows.managers.local import run_campaign
 
