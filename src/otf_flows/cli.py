@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     # SIGTERM (kill, a batch system's wall-time limit) stops like Ctrl-C: the running campaign
     # records its wall time and "stopped" status and can be resumed.
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        return _run(command, args, debug)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(command, args, debug)
@@ -57,13 +60,26 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived."""
 
 
+_TERMINATED: list[int] = []
+
+
 def _terminate(signum, frame):
+    _TERMINATED.append(signum)
     raise Terminated()
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    sys.stderr.write("otf: interrupted; continue with `otf run CONFIG --resume`\n")
+    return 143 if isinstance(err, Terminated) else 130
 
 
 def _run(command, args: list[str], debug: bool) -> int:
     try:
-        command.main(args=args, prog_name="otf", standalone_mode=False)
+        code = command.main(args=args, prog_name="otf", standalone_mode=False)
+        if code == 130:  # typer's answer to a KeyboardInterrupt (Ctrl-C, or SIGTERM via _terminate)
+            return _interrupted(Terminated() if _TERMINATED else KeyboardInterrupt())
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except _EXITS as err:
         return getattr(err, "exit_code", 0)
     except _USAGE_ERRORS as err:
@@ -89,8 +105,7 @@ def _run(command, args: list[str], debug: bool) -> int:
         sys.stderr.write(f"otf: failed: {err}\n")
         return 1
     except KeyboardInterrupt as err:
-        sys.stderr.write("otf: interrupted; continue with `otf run CONFIG --resume`\n")
-        return 143 if isinstance(err, Terminated) else 130
+        return _interrupted(err)
     except Exception as err:  # noqa: BLE001 - last resort: one line, not a traceback
         if debug:
             raise
