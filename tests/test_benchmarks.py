@@ -1,0 +1,93 @@
+"""Smoke test of benchmarks/: every script runs in --quick mode and writes well-formed results.
+
+Only the shape and internal consistency of the results are checked, never the timings
+(the figures in benchmarks/README.md come from the full modes). All four together take a
+few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+CP2K = shutil.which("cp2k.psmp") or shutil.which("cp2k")
+
+pytestmark = pytest.mark.slow
+
+
+def run_quick(script: str, out: Path, timeout: float = 600) -> dict:
+    """Run ``benchmarks/<script> --quick --out out``; return its JSON result."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stem = script.removesuffix(".py") + "_quick"
+    md = (out / f"{stem}.md").read_text()
+    assert md.startswith("## ") and "|---" in md and "--quick" in md
+    data = json.loads((out / f"{stem}.json").read_text())
+    assert data["quick"] is True and data["benchmark"] == script.removesuffix(".py")
+    assert data["machine"]["cores"] >= 1 and data["machine"]["date_utc"]
+    return data
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_orchestration_overhead_quick(tmp_path):
+    data = run_quick("orchestration_overhead.py", tmp_path)
+    assert set(data["scenarios"]) == {"adaptive", "job-heavy"}
+    for r in data["scenarios"].values():
+        s = r["split"]
+        assert r["status"] == "completed" and r["md_steps"] > 0 and s["jobs"] >= 4
+        assert _positive(s["wall_s"]) and _positive(s["gap_force_s"]) and _positive(s["fit_s"])
+        parts = ("md_machinery_s", "model_loading_s", "validation_s", "decide_s", "job_framework_s", "runner_s")
+        assert math.isclose(sum(s[k] for k in parts), s["overhead_strict_s"], rel_tol=1e-6, abs_tol=1e-6)
+        assert 0 < s["orchestration_fraction"] <= s["overhead_strict_fraction"] < 1
+        assert all(isinstance(v, bool) for v in r["targets"].values())
+        assert sum(c["jobs"] for c in r["jobs_by_category"].values()) == s["jobs"]
+
+
+def test_md_throughput_quick(tmp_path):
+    data = run_quick("md_throughput.py", tmp_path)
+    assert data["systems"]
+    for r in data["systems"]:
+        assert r["gap_calls"] >= r["md_steps"] + 1
+        assert all(_positive(v) for v in r["us_per_atom_step"].values())
+        assert set(r["us_per_atom_step"]) == {"segment_job", "segment_bare", "gap_calls", "gap_kernel"}
+        assert isinstance(r["target_met"], bool) and math.isfinite(r["overhead_segment_job"])
+
+
+def test_adaptive_vs_fixed_quick(tmp_path):
+    data = run_quick("adaptive_vs_fixed.py", tmp_path)
+    assert "adaptive" in data["modes"] and any(m.startswith("fixed") for m in data["modes"])
+    for r in data["modes"].values():
+        assert r["md_steps"] == data["md_steps"]
+        assert r["dft_calls"] >= r["checks"] >= 1
+        assert r["trajectory_errors"]["frames"] >= 1
+        assert r["trajectory_errors"]["fmax_eV_per_A"]["max"] >= r["trajectory_errors"]["fmax_eV_per_A"]["p95"] > 0
+    assert data["comparison"]["adaptive_dft_calls"] == data["modes"]["adaptive"]["dft_calls"]
+
+
+@pytest.mark.cp2k
+@pytest.mark.skipif(CP2K is None, reason="cp2k is not on PATH")
+def test_speedup_aimd_quick(tmp_path):
+    data = run_quick("speedup_aimd.py", tmp_path)
+    otf = data["otf"]
+    assert otf["status"] == "completed" and otf["md_steps"] == data["config"]["md"]["total_steps"]
+    assert math.isclose(sum(otf["split_s"].values()), otf["wall_s"], rel_tol=1e-9)
+    assert otf["dft_calls"] == otf["dft_calls_initial"] + otf["dft_calls_checks"] >= 2
+    assert _positive(data["aimd_engine"]["step_cost_s"]) and _positive(data["aimd_native"]["step_cost_s"])
+    assert len(data["aimd_native"]["step_seconds"]) == data["aimd_native"]["md_steps"]
+    assert math.isclose(data["speedup_vs_engine_aimd"],
+                        otf["md_steps"] * data["aimd_engine"]["step_cost_s"] / otf["wall_s"])
+    assert otf["errors_after_first_10pct"]["checks"] >= 1
