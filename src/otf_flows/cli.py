@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
+    _TERMINATED.clear()
     # SIGTERM (kill, a batch system's wall-time limit) stops like Ctrl-C: the running campaign
     # records its wall time and "stopped" status and can be resumed.
     if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
