@@ -49,4 +49,9 @@ def test_equal_to_tolerance_fails_strict():
 
 
 def test_set_tolerance_without_value_fails():
-    assert not passes({"ediff": 0.0, "fmax": 0.0, "frmse": 0.0, "vmax": None}, {**NULL, "vmax": 1.0})
+    assert not passes({"ediff": None, "fmax": 0.0, "frmse": 0.0, "vmax": 0.0}, {**NULL, "ediff": 1.0})
+
+
+def test_vmax_tolerance_without_virial_is_not_checked():
+    # no reference virial (e.g. an ASE calculator without stress): vmax is skipped, as in hybrid-md
+    assert passes({"ediff": 0.0, "fmax": 0.0, "frmse": 0.0, "vmax": None}, {**NULL, "vmax": 1.0})

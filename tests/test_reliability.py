@@ -42,8 +42,11 @@ def _assert_consistent(st: OtfStore, name: str, config) -> None:
         assert c.step == step + min(interval, config.md.total_steps - step)
         assert c.new_interval == next_interval(interval, c.passed, p.n_min, p.n_max, p.factor)
         interval, step = c.new_interval, c.step
-    n_training = config.num_initial_steps + 1 + len(failed)
-    assert len(st.training_frames(name)) == n_training == chain[0].n_training_frames
+    # every label is training data (refit.train_on: all), each once; the last model saw every
+    # label up to its trigger check
+    assert len(st.training_frames(name)) == config.num_initial_steps + 1 + len(checks)
+    trigger = chain[0].trigger_check_step if chain[0].trigger_check_step is not None else config.num_initial_steps
+    assert chain[0].n_training_frames == sum(f.md_step <= trigger for f in frames)
 
 
 def test_sigkill_at_six_points_then_resume(tmp_path, cu_config, write_config):

@@ -79,6 +79,12 @@ class Refit(_Strict):
     e0_method: Literal["average", "isolated"] = Field(
         "average", description="gap_fit e0_method, used when e0 is not given."
     )
+    train_on: Literal["all", "failed"] = Field(
+        "all",
+        description="Which DFT labels of the campaign a refit trains on: 'all' (initial MD frames, every check, "
+        "passed or failed, and previous_data, as hybrid-md) or 'failed' (initial frames, failed checks and "
+        "previous_data only).",
+    )
     energy_key: str = Field("REF_energy", description="extxyz key of reference energies in previous_data.")
     forces_key: str = Field("REF_forces", description="extxyz key of reference forces in previous_data.")
     virial_key: str = Field("REF_virial", description="extxyz key of reference virials in previous_data.")
@@ -135,18 +141,68 @@ class StructureBuilder(_Strict):
 
 class GuardSettings(_Strict):
     """Blow-up guard of ML-MD segments; a tripped guard stops the segment, the stopped frame is
-    DFT-checked and trained on, and the campaign rolls back to the segment's start."""
+    DFT-checked and trained on, and the campaign rolls back to the segment's start.
+
+    The smallest allowed distance of a pair of elements A-B is, first found wins:
+    ``min_distance_pairs["A-B"]``, ``min_distance_A``, ``min_distance_factor`` × (r_A + r_B)
+    with the covalent radii r of ``ase.data.covalent_radii``.
+    """
 
     enabled: bool = Field(True, description="Check every ML-MD step.")
-    min_distance_A: float = Field(1.0, ge=0, description="Smallest allowed interatomic distance (Å); 0 disables.")
+    min_distance_factor: float = Field(
+        0.6, ge=0, lt=1,
+        description="Trip when atoms of elements A, B are closer than this fraction of r_A + r_B (covalent radii, "
+        "ase.data.covalent_radii). 0.6 is ~50-60 % of real bond lengths, below any thermal compression yet above "
+        "fused atoms: H-H 0.37 Å (bond 0.74), O-H 0.58 Å (0.96), C-C 0.91 Å (1.54), Si-Si 1.33 Å (2.35), "
+        "Cu-Cu 1.58 Å (2.55). 0 disables the pairs not set otherwise.",
+    )
+    min_distance_pairs: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Smallest allowed distance (Å) per pair of elements, e.g. {'H-H': 0.5, 'O-H': 0.6} (the order "
+        "of the two symbols does not matter); overrides min_distance_A and min_distance_factor; 0 disables the pair.",
+    )
+    min_distance_A: float | None = Field(
+        None, ge=0,
+        description="Smallest allowed distance (Å) of every pair not in min_distance_pairs, instead of "
+        "min_distance_factor; 0 disables them; null uses min_distance_factor.",
+    )
     max_force_eV_A: float = Field(25.0, gt=0, description="Largest allowed force component (eV/Å).")
     max_temperature_factor: float = Field(
         3.0, gt=1, description="Trip when T > factor × temperature_K + 500 K."
     )
     max_energy_jump_eV_per_atom: float = Field(0.5, gt=0, description="Largest energy change per step (eV/atom).")
     max_consecutive_trips: int = Field(
-        8, ge=2, description="Stop the campaign (resumable) after this many guard trips in a row."
+        8, ge=2,
+        description="Stop the campaign (resumable) when this many of the last trip_window checks (guard trips and "
+        "ordinary checks, the new one included) were guard trips: passed checks in between do not reset the count.",
     )
+    trip_window: int | None = Field(
+        None, ge=2,
+        description="Number of most recent checks in which max_consecutive_trips guard trips stop the campaign; "
+        "null: 2 × max_consecutive_trips. (A trip whose re-run would repeat it, with the same model from the same "
+        "state, stops the campaign at once.)",
+    )
+
+    @field_validator("min_distance_pairs")
+    @classmethod
+    def _pairs(cls, v: dict[str, float]) -> dict[str, float]:
+        from otf_flows.md.guard import pair_numbers  # numpy/ASE only when pairs are given
+
+        seen: dict[tuple[int, int], str] = {}
+        for key in v:
+            pair = pair_numbers(key)
+            if pair in seen:
+                raise ValueError(f"{seen[pair]!r} and {key!r} name the same pair; give it once")
+            seen[pair] = key
+        return v
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.trip_window is not None and self.trip_window < self.max_consecutive_trips:
+            raise ValueError(
+                f"trip_window ({self.trip_window}) must be >= max_consecutive_trips ({self.max_consecutive_trips})"
+            )
+        return self
 
 
 class MDSettings(_Strict):
@@ -201,6 +257,29 @@ class ModelSettings(_Strict):
     initial_model: str | None = Field(
         None, description="Start from this stored model id instead of a first fit (with num_initial_steps 0)."
     )
+
+
+class UncertaintySettings(_Strict):
+    """Uncertainty trigger: the model's predicted error ends an ML-MD segment early and the DFT check
+    runs on that frame. For GAP the measure is the largest predicted standard deviation of a local
+    (atomic) energy, sqrt(max_i local_gap_variance_i) (eV)."""
+
+    enabled: bool = Field(False, description="Evaluate the model's uncertainty during ML-MD segments.")
+    every: int = Field(5, ge=1, description="Evaluate it every this many MD steps (the cost is ~1 extra model call).")
+    threshold: float | None = Field(
+        None, gt=0, description="End the segment when the uncertainty exceeds this value (eV)."
+    )
+    calibrate_factor: float | None = Field(
+        None, gt=1, description="End the segment when the uncertainty exceeds this factor times the largest "
+        "uncertainty seen at the frames of passed checks of the current model (before any pass: no trigger).",
+    )
+    min_steps: int = Field(1, ge=1, description="Never end a segment earlier than this many steps.")
+
+    @model_validator(mode="after")
+    def _one_threshold(self):
+        if self.enabled and (self.threshold is None) == (self.calibrate_factor is None):
+            raise ValueError("with enabled: true give exactly one of threshold (eV) or calibrate_factor")
+        return self
 
 
 class PromotionGate(_Strict):
@@ -275,6 +354,9 @@ class CampaignConfig(_Strict):
     )
     tolerances: Tolerances = Field(default_factory=Tolerances, description="Check tolerances.")
     refit: Refit = Field(default_factory=Refit, description="GAP refit settings.")
+    uncertainty: UncertaintySettings = Field(
+        default_factory=UncertaintySettings, description="Uncertainty trigger of early DFT checks."
+    )
     store: str | None = Field(None, description="Store directory or mongodb:// URI (overridden by --store / OTF_STORE).")
     validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Validation of models.")
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Cluster resources per job kind.")

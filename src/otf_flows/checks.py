@@ -6,9 +6,12 @@ of atoms N.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 ERROR_KEYS = ("ediff", "fmax", "frmse", "vmax")
 
@@ -62,14 +65,19 @@ def error_metrics(
 def passes(errors: Mapping[str, float | None], tolerances: Mapping[str, float | None]) -> bool:
     """Whether a check passes: every set tolerance holds strictly (``value < tolerance``).
 
-    A tolerance of None is not checked; with no tolerance set every check passes. A set
-    tolerance whose error could not be computed (None, e.g. no virial) fails the check.
+    A tolerance of None is not checked; with no tolerance set every check passes. A ``vmax``
+    tolerance without a virial error (the reference or the model gave no virial) is not
+    checked either, with a logged warning, as in hybrid-md; any other set tolerance whose
+    error is None fails the check.
     """
     for key in ERROR_KEYS:
         tol = tolerances.get(key)
         if tol is None:
             continue
         value = errors.get(key)
+        if value is None and key == "vmax":
+            logger.warning("tolerance vmax=%s not checked: no virial (reference or model)", tol)
+            continue
         if value is None or not value < tol:
             return False
     return True

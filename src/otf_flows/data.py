@@ -107,12 +107,21 @@ def frames_from_xyz(path, campaign: str | None = None, source: str = "import", *
 
 
 def import_previous_data(store, config, campaign: str) -> int:
-    """Add ``refit.previous_data`` (files or ``campaign:``/``model:`` references) to the training set."""
+    """Add ``refit.previous_data`` (files or ``campaign:``/``model:`` references) to the training set.
+
+    ``model.initial_model`` counts as ``model:ID``: the campaign goes on from that model's
+    training frames, so its refits keep what the model knew. Idempotent; returns the number
+    of distinct frames.
+    """
     from otf_flows.errors import NotFoundError
 
     refit = config.refit
-    count = 0
-    for item in refit.previous_data:
+    items = list(refit.previous_data)
+    initial = config.model.initial_model
+    if initial is not None and f"model:{initial}" not in items:
+        items.append(f"model:{initial}")
+    frame_ids: set[str] = set()
+    for item in items:
         kind, _, name = item.partition(":")
         if kind == "campaign" and not Path(item).exists():
             frames = store.training_frames(name)
@@ -125,6 +134,6 @@ def import_previous_data(store, config, campaign: str) -> int:
                 item, energy_key=refit.energy_key, forces_key=refit.forces_key, virial_key=refit.virial_key
             )
         for frame in frames:
-            store.add_frame(frame, training_in=campaign)
-            count += 1
-    return count
+            frame_id, _ = store.add_frame(frame, training_in=campaign)
+            frame_ids.add(frame_id)
+    return len(frame_ids)

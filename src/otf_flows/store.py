@@ -227,6 +227,16 @@ class OtfStore:
             doc["training_in"] = [*doc.get("training_in", []), campaign]
             frames.update(_clean(doc), key="frame_id")
 
+    def flag_frame(self, frame_id: str, reason: str) -> None:
+        """Record why a frame's labels are suspect; flagged frames are never trained on."""
+        frames = self.collection("frames")
+        doc = frames.query_one({"frame_id": frame_id})
+        if doc is None:
+            raise NotFoundError(f"frame {frame_id} is not in the store")
+        if reason not in doc.get("flags", []):
+            doc["flags"] = [*doc.get("flags", []), reason]
+            frames.update(_clean(doc), key="frame_id")
+
     def get_frames(self, frame_ids: list[str]) -> list[FrameDoc]:
         docs = {d["frame_id"]: d for d in self.collection("frames").query({"frame_id": {"$in": list(frame_ids)}})}
         missing = [f for f in frame_ids if f not in docs]
@@ -235,9 +245,10 @@ class OtfStore:
         return [FrameDoc.model_validate(_clean(docs[f])) for f in frame_ids]
 
     def training_frames(self, campaign: str) -> list[FrameDoc]:
-        """Training frames of a campaign, oldest first."""
+        """Training frames of a campaign, oldest first (flagged frames never count)."""
         docs = self.collection("frames").query({"training_in": campaign})
         frames = [FrameDoc.model_validate(_clean(d)) for d in docs]
+        frames = [f for f in frames if not f.flags]
         return sorted(frames, key=lambda f: (f.created_at, f.md_step or -1))
 
     def frames_of(self, campaign: str) -> list[FrameDoc]:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from ase import Atoms
 from ase.io import write
 
@@ -198,7 +199,7 @@ def fit_gap(
         gap_fit's ``rnd_seed`` unless ``extra_gap_opts`` sets one (None: gap_fit's default).
     """
     check_gap_fit()
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()  # gap_fit runs inside it
     model_dir = workdir / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -281,6 +282,39 @@ def gap_calculator(xml: Path, cached: bool = False):
     while len(_POTENTIALS) > _POTENTIAL_CACHE_SIZE:
         _POTENTIALS.pop(next(iter(_POTENTIALS)))
     return pot
+
+
+class GapUncertainty:
+    """GAP's predicted error of a frame: the largest standard deviation of a local energy,
+    ``sqrt(max_i local_gap_variance_i)`` (eV), from quippy's ``local_gap_variance``.
+
+    ``arm()`` adds ``local_gap_variance`` to the Potential's calc_args so that the next force
+    call of the MD step also computes the variance (no extra call); ``value(atoms)`` reads
+    it, or computes energy, forces and variance at once if the last call did not.
+    """
+
+    def __init__(self, potential):
+        self.potential = potential
+        self._base = potential.calc_args or ""
+
+    def arm(self) -> None:
+        self.potential.calc_args = f"{self._base} local_gap_variance".strip()
+
+    def disarm(self) -> None:
+        self.potential.calc_args = self._base
+
+    def value(self, atoms) -> float:
+        pot = self.potential
+        variance = pot.extra_results.get("atoms", {}).get("local_gap_variance")
+        if variance is None or pot.atoms is None or pot.calculation_required(atoms, ["energy", "forces"]):
+            self.arm()
+            try:
+                pot.reset()
+                pot.calculate(atoms, ["energy", "forces"])
+            finally:
+                self.disarm()
+            variance = pot.extra_results["atoms"]["local_gap_variance"]
+        return float(np.sqrt(max(float(np.max(variance)), 0.0)))
 
 
 _POTENTIALS: dict[str, object] = {}

@@ -22,7 +22,7 @@ from otf_flows.errors import BackendUnavailableError, ConfigError, ReferenceFail
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Labels", "ReferenceEngine", "AseEngine", "get_engine", "settings_hash"]
+__all__ = ["AseEngine", "Labels", "ReferenceEngine", "get_engine", "settings_hash"]
 
 
 @dataclass
@@ -103,7 +103,10 @@ class AseEngine:
                 forces = np.array(frame.get_forces(), dtype=float)
                 virial = None
                 if frame.pbc.all():
-                    virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume())
+                    try:
+                        virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume())
+                    except NotImplementedError:  # ASE's PropertyNotImplementedError too: labels without virial
+                        virial = None
             except Exception as err:  # noqa: BLE001 - any calculator failure is retried
                 last_error = err
                 logger.warning("reference attempt %d failed: %s", attempt + 1, err)

@@ -72,18 +72,25 @@ def fmt(value) -> str:
 
 
 def check_row(c) -> dict:
+    """A check as `otf checks` shows it; the errors are the checked model's, at check time."""
     return {
         "step": c.step,
+        "kind": c.kind,
+        "trigger": getattr(c, "trigger", None),
         "interval": c.interval,
         "ediff": c.ediff,
         "fmax": c.fmax,
         "frmse": c.frmse,
         "vmax": c.vmax,
+        "uncertainty": getattr(c, "uncertainty", None),
         "passed": c.passed,
         "new_interval": c.new_interval,
         "refit": c.refit,
         "model_id": c.model_id,
         "new_model_id": c.new_model_id,
+        "guard_reason": c.guard_reason,
+        "rolled_back_to": c.rolled_back_to,
+        "refit_error": c.refit_error,
         "reference_seconds": c.reference_seconds,
     }
 

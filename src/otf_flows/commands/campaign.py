@@ -35,6 +35,8 @@ def run(
     config: Path = typer.Argument(..., help="Campaign YAML."),
     store: Optional[str] = StoreOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the campaign from the store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress stays on "
+                                 "stderr)."),
 ) -> None:
     """Run a campaign locally (progress bar, then a summary)."""
     from otf_flows import progress
@@ -51,7 +53,7 @@ def run(
             doc = run_campaign(cfg, st, flow)
         finally:
             progress.unsubscribe(listener)
-    _summary(st, doc.name, time.perf_counter() - start)
+    _summary(st, doc.name, time.perf_counter() - start, as_json)
 
 
 def _progress(cfg):
@@ -115,38 +117,102 @@ def _progress(cfg):
     return manager()
 
 
-def _summary(st, name: str, seconds: float) -> None:
-    from rich.table import Table
+#: The end-of-run summary shows the errors of this many most recent checks.
+LAST_CHECKS = 5
 
+
+def _median_max(values: list) -> tuple[float | None, float | None]:
+    import numpy as np
+
+    values = [v for v in values if v is not None]
+    return (float(np.median(values)), float(max(values))) if values else (None, None)
+
+
+def summary_data(st, name: str, seconds: float) -> dict:
+    """What the end-of-run summary shows (``otf run --json`` prints it)."""
     doc = st.require_campaign(name)
     checks = st.checks(name)
-    models = st.models(name)
     split = st.time_split(name)
-    n_dft = len(st.frames_of(name))
+    labels = [f for f in st.frames_of(name) if f.source != "import"]
     busy = split["reference"] + split["fit"] + split["ml_md"]
     # the split covers the whole campaign, over every run of it (--resume); the wall time of a
     # run killed without a chance to record it is missing from doc.wall_seconds, hence the max
     total = max(doc.wall_seconds, busy)
-    other = max(total - busy, 0.0)
-    table = Table(title=f"campaign {name}: {doc.status}")
+    recent = sorted(checks, key=lambda c: c.created_at)[-LAST_CHECKS:]
+    frmse_median, frmse_max = _median_max([c.frmse for c in recent])
+    ediff_median, ediff_max = _median_max([c.ediff for c in recent])
+    model = st.get_model(doc.model_id) if doc.model_id else None
+    trained = set(model.training_frame_ids) if model else set()
+    return {
+        "campaign": name,
+        "status": doc.status,
+        "step": doc.step,
+        "total_steps": doc.total_steps,
+        "n_dft_labels": len(labels),
+        "n_checks": len(checks),
+        "n_failed_checks": sum(not c.passed for c in checks),
+        "n_guard_trips": sum(c.kind == "guard" for c in checks),
+        "n_refits": sum(c.refit for c in checks),
+        "n_models": len(st.models(name)),
+        "model_id": doc.model_id,
+        "model_n_training_frames": model.n_training_frames if model else None,
+        "n_dft_labels_trained": sum(f.frame_id in trained for f in labels) if model else None,
+        "last_checks": {
+            "n": len(recent), "n_passed": sum(c.passed for c in recent),
+            "frmse_median": frmse_median, "frmse_max": frmse_max,
+            "ediff_median": ediff_median, "ediff_max": ediff_max,
+        },
+        "wall_seconds": {
+            "reference": split["reference"], "fit": split["fit"], "ml_md": split["ml_md"],
+            "other": max(total - busy, 0.0), "campaign": total, "this_run": seconds,
+        },
+        "store": st.describe(),
+    }
+
+
+def _summary(st, name: str, seconds: float, as_json: bool = False) -> None:
+    from rich.table import Table
+
+    data = summary_data(st, name, seconds)
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"campaign {name}: {data['status']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    table.add_row("MD steps", f"{doc.step} / {doc.total_steps}")
-    table.add_row("DFT calls (initial + checks)", str(n_dft))
-    table.add_row("checks (failed)", f"{len(checks)} ({sum(not c.passed for c in checks)})")
-    table.add_row("refits", str(sum(c.refit for c in checks)))
-    table.add_row("models", str(len(models)))
-    table.add_row("current model", str(doc.model_id))
-    for label, value in (("reference", split["reference"]), ("fit", split["fit"]), ("ML-MD", split["ml_md"]),
-                         ("other", other)):
-        share = 100 * value / total if total > 0 else 0.0
-        table.add_row(f"wall time: {label}", f"{value:.1f} s ({share:.1f} %)")
+    table.add_row("MD steps", f"{data['step']} / {data['total_steps']}")
+    table.add_row("DFT calls (initial + checks)", str(data["n_dft_labels"]))
+    table.add_row("checks (failed)", f"{data['n_checks']} ({data['n_failed_checks']})")
+    table.add_row("refits", str(data["n_refits"]))
+    table.add_row("models", str(data["n_models"]))
+    table.add_row("current model", str(data["model_id"]))
+    if data["n_dft_labels_trained"] is not None:
+        extra = data["model_n_training_frames"] - data["n_dft_labels_trained"]
+        table.add_row("DFT labels in its training set",
+                      f"{data['n_dft_labels_trained']} / {data['n_dft_labels']}"
+                      + (f" (+{extra} imported)" if extra > 0 else ""))
+    last = data["last_checks"]
+    if last["n"]:
+        def errors(key: str, unit: str) -> str:
+            if last[f"{key}_median"] is None:
+                return "-"
+            return f"median {last[f'{key}_median']:.4g} (max {last[f'{key}_max']:.4g}) {unit}"
+
+        head = f"last {last['n']} checks at check time"
+        table.add_row(f"{head}: frmse", errors("frmse", "eV/Å"))
+        table.add_row(f"{head}: ediff", errors("ediff", "eV/atom"))
+        table.add_row(f"{head}: passed", f"{last['n_passed']}/{last['n']}")
+    wall = data["wall_seconds"]
+    total = wall["campaign"]
+    for label, key in (("reference", "reference"), ("fit", "fit"), ("ML-MD", "ml_md"), ("other", "other")):
+        share = 100 * wall[key] / total if total > 0 else 0.0
+        table.add_row(f"wall time: {label}", f"{wall[key]:.1f} s ({share:.1f} %)")
     table.add_row("wall time: campaign", f"{total:.1f} s ({total / 60:.1f} min)")
     if abs(total - seconds) > 0.1 * total:  # earlier runs of a resumed campaign
         table.add_row("wall time: this run", f"{seconds:.1f} s")
     console = make_console(stderr=True)
     console.print(table)
-    console.print(f"results: store {st.describe()} — try `otf checks {name}` and `otf models --campaign {name}`")
+    console.print(f"results: store {data['store']} — try `otf checks {name}` and `otf models --campaign {name}`")
 
 
 @app.command()
@@ -159,8 +225,10 @@ def checks(campaign: str = typer.Argument(..., help="Campaign name."), store: Op
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["step", "interval", "ediff", "fmax", "frmse", "vmax", "passed", "new_interval", "refit",
-                      "model_id", "new_model_id"], f"checks of {campaign}")
+        print_table(rows, ["step", "kind", "trigger", "interval", "ediff", "fmax", "frmse", "vmax", "passed",
+                           "new_interval", "refit", "model_id", "new_model_id"],
+                    f"checks of {campaign}: errors of the checked model at check time "
+                    "(before the frame joins the training set)")
 
 
 @app.command()

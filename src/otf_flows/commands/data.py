@@ -1,4 +1,4 @@
-"""Data commands: export training data, fit outside a campaign, benchmark sets, export a model."""
+"""Data commands: export training data and trajectories, fit outside a campaign, benchmark sets, export a model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from otf_flows.errors import InputError
 
 data_app = typer.Typer(help="Training data.", no_args_is_help=True)
 benchmark_app = typer.Typer(help="Benchmark sets (named frames with reference labels).", no_args_is_help=True)
+trajectory_app = typer.Typer(help="MD trajectories of campaigns.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(trajectory_app, name="trajectory")
 app.add_typer(benchmark_app, name="benchmark")
 
 EnergyKey = typer.Option("REF_energy", "--energy-key", help="extxyz info key of the reference energy (eV).")
@@ -40,6 +42,59 @@ def data_export(campaign: str = typer.Argument(..., help="Campaign name."),
     write(tmp, [frame_to_atoms(f) for f in frames], format="extxyz")
     tmp.replace(out)
     typer.echo(f"wrote {len(frames)} training frames of {campaign} to {out}", err=True)
+
+
+CampaignArg = typer.Argument(..., help="Campaign name.")
+TrajectoryOut = typer.Argument(..., help="Output extxyz file (its directory must exist).")
+RolledBackOpt = typer.Option(False, "--include-rolled-back",
+                             help="Also segments abandoned by a rollback (info rolled_back=True).")
+
+
+@trajectory_app.command("export")
+def trajectory_export(campaign: str = CampaignArg, out: Path = TrajectoryOut,
+                      include_rolled_back: bool = RolledBackOpt, store: str | None = StoreOpt) -> None:
+    """Write a campaign's MD frames in MD-step order as extxyz, with the driving model's energy and forces.
+
+    Each frame has the driver's energy and forces and info md_step, segment_start_step, driver
+    (model, or reference for the initial reference-driven MD), model_id (ML-MD frames) and rolled_back.
+    """
+    from ase.io import write
+
+    from otf_flows.trajectory import campaign_segments, segment_frames
+
+    st = open_store_arg(store)
+    doc = st.require_campaign(campaign)
+    if out.suffix not in (".xyz", ".extxyz"):
+        raise InputError(f"OUT: {out} must end in .xyz or .extxyz")
+    if not out.parent.is_dir():
+        raise InputError(f"OUT: directory {out.parent} does not exist")
+    segments = [s for s in campaign_segments(st, campaign) if s.trajectory]
+    if not segments:
+        interval = doc.config.get("md", {}).get("trajectory_interval")
+        why = "md.trajectory_interval is 0" if interval == 0 else "no MD segment has run yet"
+        raise InputError(f"campaign {campaign!r} has no trajectory frames ({why}); set md.trajectory_interval "
+                         "(e.g. 10) in the campaign YAML to keep them")
+    kept = [s for s in segments if include_rolled_back or s.status == "accepted"]
+    left_out = [s for s in segments if s not in kept]
+    frames = segment_frames(st, kept)
+    if not frames:
+        raise InputError(f"campaign {campaign!r} has no accepted trajectory frames yet "
+                         f"({len(left_out)} segments off the trajectory: pass --include-rolled-back)")
+    tmp = out.with_name(out.name + ".part")
+    write(tmp, frames, format="extxyz")
+    tmp.replace(out)
+
+    def segments_(n: int, what: str) -> str:
+        return f"{n} {what}segment{'s' if n != 1 else ''}"
+
+    if include_rolled_back:
+        n_rolled = sum(s.status == "rolled_back" for s in kept)
+        note = f" ({segments_(n_rolled, 'rolled-back ')} flagged rolled_back=True)"
+    else:
+        n_pending = sum(s.status == "pending" for s in left_out)
+        note = f"; left out {segments_(len(left_out) - n_pending, 'rolled-back ')}"
+        note += f" and {segments_(n_pending, 'not yet checked ')}" if n_pending else ""
+    typer.echo(f"wrote {len(frames)} frames of {segments_(len(kept), '')} of {campaign} to {out}{note}", err=True)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from otf_flows.faults import failpoint
 from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
-from otf_flows.jobs.reference import ReferenceCheckMaker
+from otf_flows.jobs.reference import ReferenceCheckMaker, state_id
 from otf_flows.jobs.routing import route
 from otf_flows.jobs.validate import ValidateMaker
 from otf_flows.schedule import next_interval
@@ -62,18 +62,18 @@ def unphysical_reference(frame, guard) -> str | None:
 def rollback_target(store, campaign: str, start, guard):
     """Where to continue after a guard trip: the segment's start, or further back if trips repeat there.
 
-    Raises :class:`OtfError` when the guard has tripped ``guard.max_consecutive_trips`` times in a
-    row: the campaign stops (resumable) rather than loop.
+    Raises :class:`OtfError` when, with this trip, ``guard.max_consecutive_trips`` of the last
+    ``guard.trip_window`` checks (default 2 × max_consecutive_trips) were guard trips, passed
+    checks in between or not: the campaign stops (resumable) rather than loop.
     """
     recent = store.checks(campaign)
-    streak = 0
-    for check in sorted(recent, key=lambda c: c.created_at, reverse=True):
-        if check.kind != "guard":
-            break
-        streak += 1
-    if streak + 1 >= guard.max_consecutive_trips:
+    window = guard.trip_window or 2 * guard.max_consecutive_trips
+    latest = sorted(recent, key=lambda c: c.created_at)[max(len(recent) - (window - 1), 0):]
+    trips = 1 + sum(1 for c in latest if c.kind == "guard")
+    if trips >= guard.max_consecutive_trips:
         raise OtfError(
-            f"blow-up guard tripped {streak + 1} times in a row (last from step {start.step}); campaign stopped. "
+            f"blow-up guard tripped {trips} times in the last {min(len(latest) + 1, window)} checks (last from step "
+            f"{start.step}); campaign stopped. "
             "Loosen md.guard, lower md.temperature_K or md.timestep_fs, or add training data, then --resume"
         )
     target = start
@@ -82,6 +82,45 @@ def rollback_target(store, campaign: str, start, guard):
         target = store.get_state(target.start_state_id)
         repeats -= 1
     return target
+
+
+def rerun_repeats(store, campaign: str, state, target, model_id: str, n_steps: int) -> bool:
+    """Whether the segment from ``target`` with ``model_id`` for ``n_steps`` would hand back ``state`` again.
+
+    The ML-MD job returns the stored segment of the same start and model (the MD is
+    deterministic): the one of the same length, else the one the guard (or the uncertainty
+    trigger) stopped. Then the campaign would check the same frame with the same model and
+    roll back to ``target`` again, forever.
+    """
+    if state.start_state_id != target.state_id or state.model_id != model_id:
+        return False
+    same_length = store.find_state(state_id(campaign, target.step + n_steps, model_id))
+    if same_length is not None and same_length.start_state_id == target.state_id:
+        return same_length.state_id == state.state_id
+    return bool(state.stopped_early or getattr(state, "uncertainty_stop", None))
+
+
+def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total_steps: int, can_update: bool) -> None:
+    """Stop the campaign (:class:`OtfError`, resumable) when the rollback of check ``doc`` would repeat it.
+
+    That happens when the model cannot change (``can_update: false``, or its refit failed and
+    the parent was kept): the re-run from the rollback state uses the model that already
+    tripped the guard (or failed the check) from that state.
+    """
+    if doc.rolled_back_state_id is None:
+        return
+    target = store.get_state(doc.rolled_back_state_id)
+    n_steps = min(doc.new_interval, total_steps - target.step)
+    if n_steps < 1 or not rerun_repeats(store, campaign, state, target, model_id, n_steps):
+        return
+    what = f"blow-up guard tripped ({doc.guard_reason})" if doc.kind == "guard" else f"check at step {doc.step} failed"
+    why = (f"its refit failed: {doc.refit_error.splitlines()[0][:120]}" if doc.refit_error
+           else "can_update is false" if not can_update else "no refit on this frame")
+    raise OtfError(
+        f"{what} with model {model_id}, and the re-run from step {target.step} would use the same model ({why}); "
+        "campaign stopped. Loosen md.guard, lower md.temperature_K or md.timestep_fs, or add training data, "
+        "then --resume"
+    )
 
 
 @dataclass
@@ -102,10 +141,13 @@ class FinishMaker(Maker):
 class DecideMaker(Maker):
     """Errors and tolerance test of a check, the next interval, refit or not, what runs next.
 
-    A segment stopped by the blow-up guard counts as a failed check of kind ``guard``: its
-    frame joins the training data, the model is refitted and the campaign rolls back to the
-    segment's start with the shortest interval. With ``rollback_on_fail`` a failed check
-    rolls back the same way.
+    Every checked frame joins the training data once its errors are measured (with
+    ``refit.train_on: all``; ``failed``: only frames of failed checks that trigger a refit), so
+    the errors stored on the check are out-of-sample: the model had not seen the frame. A
+    segment stopped by the blow-up guard counts as a failed check of kind ``guard``: the
+    model is refitted and the campaign rolls back to the segment's start with the shortest
+    interval. Reference labels that are themselves unphysical flag the frame, which is never
+    trained on. With ``rollback_on_fail`` a failed check rolls back the same way.
     """
 
     name: str = "compare and decide"
@@ -124,17 +166,24 @@ class DecideMaker(Maker):
                     len(frame.numbers), state.ml_energy, frame.energy, state.ml_forces, frame.forces,
                     state.ml_virial, frame.virial,
                 )
-                guard = state.stopped_early or unphysical_reference(frame, config.md.guard)
+                unphysical = unphysical_reference(frame, config.md.guard)
+                guard = state.stopped_early or unphysical
                 passed = passes(errors, config.tolerances.model_dump()) and guard is None
+                start = st.get_state(segment["start_state_id"])
+                trigger = ("guard" if state.stopped_early else
+                           "uncertainty" if state.uncertainty_stop else "interval")
+                # an early end by the uncertainty trigger: the schedule goes on from the steps actually run
+                base = max(state.step - start.step, 1) if trigger == "uncertainty" else interval
                 if guard is not None:
                     new_interval = p.n_min if p else interval
                 else:
                     new_interval = next_interval(
-                        interval, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
+                        base, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
                     )
-                refit = (not passed) and config.can_update
+                # labels of an unphysical frame teach the model nothing: no refit on them
+                refit = (not passed) and config.can_update and unphysical is None
                 rollback = guard is not None or (config.rollback_on_fail and refit)
-                start = st.get_state(segment["start_state_id"])
+                train = unphysical is None and (config.refit.train_on == "all" or refit)
                 target = rollback_target(st, campaign, start, config.md.guard) if guard else start
                 doc = CheckDoc(
                     check_id=check_id, campaign=campaign, step=state.step, interval=state.step - start.step,
@@ -142,14 +191,21 @@ class DecideMaker(Maker):
                     frame_id=frame.frame_id, reference_seconds=check.get("reference_seconds", 0.0),
                     kind="guard" if guard else "check", guard_reason=guard,
                     rolled_back_to=target.step if rollback else None,
-                    rolled_back_state_id=target.state_id if rollback else None, **errors,
+                    rolled_back_state_id=target.state_id if rollback else None, trigger=trigger,
+                    uncertainty=state.ml_uncertainty, uncertainty_threshold=state.uncertainty_threshold,
+                    trained_on=train, **errors,
                 )
-                if refit:
+                # every label joins the training data after its errors were measured (refit.train_on);
+                # labels that show an unphysical frame are kept, flagged, and never trained on
+                if unphysical is not None:
+                    st.flag_frame(frame.frame_id, unphysical)
+                elif train:
                     st.mark_training(frame.frame_id, campaign)
                 st.put_check(doc)
                 failpoint("decide.stored")
         progress.emit("check", **doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit",
-                                                                      "ediff", "fmax", "kind"}))
+                                                                      "ediff", "fmax", "frmse", "kind",
+                                                                      "trigger", "uncertainty"}))
         if doc.rolled_back_state_id is not None:
             resume_id = doc.rolled_back_state_id
             resume_step = doc.rolled_back_to
@@ -174,6 +230,8 @@ class DecideMaker(Maker):
                 jobs.append(validate)
                 if config.validation.promotion is not None and config.validation.promotion.keep_parent:
                     next_model = validate.output["model_id"]
+        if not pending:  # a rollback that the same model would re-run stops the campaign instead of looping
+            stop_if_rerun_repeats(st, campaign, doc, state, next_model, config.md.total_steps, config.can_update)
         total = config.md.total_steps
         if resume_step < total:
             jobs.append(

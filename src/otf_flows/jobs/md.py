@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.gap import gap_calculator
+from otf_flows.backends.gap import GapUncertainty, gap_calculator
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import model_dir, open_campaign, timed
 from otf_flows.jobs.reference import state_doc, state_from_doc, state_id
 from otf_flows.md.guard import make_guard
-from otf_flows.md.segment import run_segment
+from otf_flows.md.segment import UncertaintyMonitor, run_segment
 
 
 @dataclass
@@ -34,6 +34,8 @@ class MDSegmentMaker(Maker):
         if done is None or done.start_state_id != start_state_id:
             # a guard-stopped segment ends earlier; look it up by its start
             done = _stopped(st, start_state_id, model_id)
+        if done is None or done.start_state_id != start_state_id:
+            done = _ended_by_uncertainty(st, start_state_id, model_id)
         if done is not None:
             return {"state_id": done.state_id, "step": done.step, "stopped_early": done.stopped_early,
                     "start_state_id": start_state_id}
@@ -45,19 +47,58 @@ class MDSegmentMaker(Maker):
         with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
                    start.step):
             calc = gap_calculator(model_dir(st, model_id) / "gap.xml", cached=True)
+            monitor = uncertainty_monitor(st, campaign, config.uncertainty, model_id, calc)
             result = run_segment(
                 state_from_doc(start), calc, config.md, n_steps, config.md.trajectory_interval,
                 guard=make_guard(config.md.guard, config.md.temperature_K), progress=on_step,
+                uncertainty=monitor,
             )
         traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
         virial = None if result.virial is None else result.virial.tolist()
         doc = state_doc(
             campaign, result.state, model_id=model_id, ml_energy=result.energy, ml_forces=result.forces.tolist(),
             ml_virial=virial, trajectory=traj, stopped_early=result.stopped_early, start_state_id=start_state_id,
+            uncertainty_stop=result.uncertainty_stop, ml_uncertainty=result.uncertainty,
+            uncertainty_threshold=None if monitor is None else monitor.threshold,
+            uncertainty_seconds=result.uncertainty_seconds, n_uncertainty_evals=result.n_uncertainty_evals,
         )
         st.put_state(doc)
         return {"state_id": doc.state_id, "step": doc.step, "stopped_early": result.stopped_early,
                 "start_state_id": start_state_id}
+
+
+def calibrated_threshold(store, campaign: str, settings, model_id: str) -> float | None:
+    """The uncertainty threshold of a segment driven by ``model_id`` (eV; None: record only).
+
+    An absolute ``threshold`` is used as it is. With ``calibrate_factor`` it is the factor
+    times the largest uncertainty seen at the passed checks of ``model_id``; before the
+    model has passed a check, of the most recent model that has (None if no model has).
+    """
+    if settings.threshold is not None:
+        return settings.threshold
+    passed = [c for c in store.checks(campaign) if c.passed and c.uncertainty is not None]
+    own = [c.uncertainty for c in passed if c.model_id == model_id]
+    if not own and passed:
+        latest = max(passed, key=lambda c: c.created_at).model_id
+        own = [c.uncertainty for c in passed if c.model_id == latest]
+    return settings.calibrate_factor * max(own) if own else None
+
+
+def uncertainty_monitor(store, campaign: str, settings, model_id: str, calc) -> UncertaintyMonitor | None:
+    """The segment's uncertainty monitor from ``uncertainty`` settings (None when disabled)."""
+    if not settings.enabled:
+        return None
+    return UncertaintyMonitor(
+        probe=GapUncertainty(calc), every=settings.every,
+        threshold=calibrated_threshold(store, campaign, settings, model_id), min_steps=settings.min_steps,
+    )
+
+
+def _ended_by_uncertainty(st, start_state_id: str, model_id: str):
+    doc = st.collection("states").query_one(
+        {"start_state_id": start_state_id, "model_id": model_id, "uncertainty_stop": {"$ne": None}}
+    )
+    return st.get_state(doc["state_id"]) if doc else None
 
 
 def _stopped(st, start_state_id: str, model_id: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from ase import Atoms
@@ -76,21 +77,51 @@ def _stored_label(store, campaign: str, source: str, step: int, atoms: Atoms, re
 
 
 class ReferenceCalculator(Calculator):
-    """ASE calculator that labels every evaluated frame with the reference and stores it."""
+    """ASE calculator that labels each frame of a reference-driven MD once and stores it.
 
-    implemented_properties = ["energy", "forces", "stress"]
+    The MD step of a label comes from the dynamics, not from counting calls: :meth:`advance`
+    (``run_segment``'s ``progress`` callback) tells the last completed step; the configuration
+    evaluated next is that step's while it is unlabelled (the start), else the next step's.
+    NPTBerendsen rescales positions and cell before its first half kick and asks for forces
+    there; that evaluation reuses the labels of the step's starting frame (what passing the
+    previous forces to its ``step()`` does), so every MD step costs one reference call.
+    """
+
+    implemented_properties: ClassVar[list[str]] = ["energy", "forces", "stress"]
 
     def __init__(self, store, campaign: str, config, first_step: int, workdir: Path):
         super().__init__()
         self.store, self.campaign, self.config = store, campaign, config
         self.engine = get_engine(config.reference)
         self.ref_hash, self.ref_settings = reference_identity(config)
-        self.step = first_step
+        self.step = first_step  # last completed MD step (the start before the first step)
         self.workdir = Path(workdir)
+        self.n_labels = 0  # frames labelled (stored or found in the store) by this calculator
+        self._labelled: int | None = None  # MD step of the last label
+        self._last: tuple | None = None  # (numbers, pbc, cell, scaled positions, results) of the last label
+
+    def advance(self, step: int) -> None:
+        """The dynamics completed MD step ``step``."""
+        self.step = step
+
+    def _rescaled(self) -> bool:
+        """Whether the atoms are the last labelled frame with positions and cell scaled together."""
+        if self._last is None:
+            return False
+        numbers, pbc, cell, scaled, _ = self._last
+        atoms = self.atoms
+        return (np.array_equal(atoms.numbers, numbers) and np.array_equal(atoms.pbc, pbc)
+                and not np.array_equal(atoms.cell.array, cell)
+                and np.allclose(atoms.get_scaled_positions(wrap=False), scaled, rtol=0, atol=1e-9))
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        step = self.step
+        if self._rescaled():
+            self.results = {k: np.copy(v) for k, v in self._last[4].items()}
+            return
+        step = self.step if self._labelled is None or self._labelled < self.step else self.step + 1
+        if step == self._labelled:
+            logger.warning("a second reference evaluation within MD step %d", step)
         frame = _stored_label(self.store, self.campaign, "initial_md", step, self.atoms, self.ref_hash)
         if frame is None:
             with timed(self.store, self.campaign, "reference", "initial-md", f"{self.campaign}:initial:{step}", step):
@@ -108,7 +139,10 @@ class ReferenceCalculator(Calculator):
             from ase.stress import full_3x3_to_voigt_6_stress
 
             self.results["stress"] = full_3x3_to_voigt_6_stress(-np.array(frame.virial) / self.atoms.get_volume())
-        self.step += 1
+        self._labelled = step
+        self.n_labels += 1
+        self._last = (self.atoms.numbers.copy(), self.atoms.pbc.copy(), self.atoms.cell.array.copy(),
+                      self.atoms.get_scaled_positions(wrap=False), dict(self.results))
 
 
 @dataclass
@@ -134,11 +168,13 @@ class InitialMDMaker(Maker):
             if n == 0:
                 st.put_state(state_doc(campaign, start))
             else:
-                calc = ReferenceCalculator(st, campaign, config, 0, Path.cwd() / "reference")
-                result = run_segment(
-                    start, calc, config.md, n, config.md.trajectory_interval,
-                    progress=lambda s: progress.emit("md_step", step=s),
-                )
+                calc = ReferenceCalculator(st, campaign, config, start.step, Path.cwd() / "reference")
+
+                def on_step(step: int) -> None:
+                    calc.advance(step)  # the dynamics, not the number of calls, sets the labels' md_step
+                    progress.emit("md_step", step=step)
+
+                result = run_segment(start, calc, config.md, n, config.md.trajectory_interval, progress=on_step)
                 traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
                 st.put_state(state_doc(campaign, result.state, trajectory=traj))
         st.update_campaign(campaign, state_id=start_id, step=n, status="running")
@@ -177,4 +213,4 @@ class ReferenceCheckMaker(Maker):
         return {"frame_id": frame.frame_id, "step": state.step, "reference_seconds": seconds}
 
 
-__all__ = ["InitialMDMaker", "ReferenceCheckMaker", "ReferenceCalculator"]
+__all__ = ["InitialMDMaker", "ReferenceCalculator", "ReferenceCheckMaker"]

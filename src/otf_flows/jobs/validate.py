@@ -9,8 +9,8 @@ from jobflow import Maker, job
 
 from otf_flows import progress
 from otf_flows.jobs.base import open_campaign, timed
-from otf_flows.validation.evaluate import run_validation
-from otf_flows.validation.sets import CHECKS, get_validation
+from otf_flows.validation.evaluate import run_validation, validate_model
+from otf_flows.validation.sets import CHECKS, common_untrained_frames, get_validation
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +45,37 @@ class ValidateMaker(Maker):
         with timed(st, campaign, "other", self.name, f"{campaign}:validate:{model_id}"):
             for name in names:
                 try:
-                    results[name] = get_validation(st, model_id, name) or run_validation(st, model_id, name)
+                    # the check frames grow as the campaign runs: re-validate on them every time
+                    cached = None if name == CHECKS else get_validation(st, model_id, name)
+                    results[name] = cached or run_validation(st, model_id, name)
                 except Exception as err:  # noqa: BLE001 - e.g. no untrained check frames yet
                     logger.info("validation of %s on %s skipped: %s", model_id, name, err)
         chosen = model_id
         gate = settings.promotion
         if gate is not None and model.parent_model_id is not None:
-            for name, result in results.items():
-                parent = get_validation(st, model.parent_model_id, name)
-                if parent is None:
-                    try:
-                        parent = run_validation(st, model.parent_model_id, name)
-                    except Exception:  # noqa: BLE001
-                        continue
-                flag = promotion_verdict(result, parent, gate)
-                if flag and flag not in model.flags:
-                    model = model.model_copy(update={"flags": [*model.flags, flag]})
-                    st.put_model(model)
+            model = self._gate(st, model, names, gate)
             if model.flags and gate.keep_parent:
                 chosen = model.parent_model_id
                 st.update_campaign(campaign, model_id=chosen)
         progress.emit("validated", model_id=model_id, benchmarks=sorted(results), kept=chosen)
         return {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
+
+    @staticmethod
+    def _gate(st, model, names: list[str], gate):
+        """Compare the model with its parent on each benchmark's frames that neither was trained on."""
+        parent = st.get_model(model.parent_model_id)
+        for name in names:
+            frames = common_untrained_frames(st, model, parent, name)
+            if not frames:
+                logger.info("promotion gate on %s skipped: no frames that neither %s nor %s was trained on",
+                            name, model.model_id, parent.model_id)
+                continue
+            new = validate_model(st, model.model_id, frames, name)
+            old = validate_model(st, parent.model_id, frames, name)
+            flag = promotion_verdict(new, old, gate)
+            if flag:
+                flag = f"{flag} ({len(frames)} frames neither model was trained on)"
+                if flag not in model.flags:
+                    model = model.model_copy(update={"flags": [*model.flags, flag]})
+                    st.put_model(model)
+        return model

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from contextlib import chdir
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from random import randint
 
@@ -40,7 +40,7 @@ def run_flow(flow: Flow | Job, jobstore, root_dir: Path) -> int:
     while queue:
         current = queue.popleft()
         for job, _parents in current.iterflow():
-            stamp = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d-%H-%M-%S-%f")
+            stamp = datetime.now(tz=UTC).strftime("%Y-%m-%d-%H-%M-%S-%f")
             job_dir = root_dir / f"job_{stamp}-{randint(10000, 99999)}"
             job_dir.mkdir()
             with chdir(job_dir):
@@ -59,7 +59,9 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     """Register (or find, with ``resume``) the campaign and return the flow to run.
 
     Raises :class:`InputError` when the campaign exists and ``resume`` is not set, or is
-    missing with ``resume`` set; nothing is written then.
+    missing with ``resume`` set, or when ``resume`` changes a setting outside
+    :data:`RESUMABLE_KEYS`; nothing is written then. Accepted changes are stored (the jobs
+    read the new settings from the resumed step on) and recorded in ``CampaignDoc.changes``.
     """
     from otf_flows.backends.reference import get_engine
 
@@ -93,18 +95,84 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
         store.put_campaign(doc)
         return campaign_flow(config, location)
     stored = CampaignConfig.model_validate(existing.config)
-    if stored.model_dump(exclude={"md": {"total_steps"}, "store": True}) != config.model_dump(
-        exclude={"md": {"total_steps"}, "store": True}
-    ):
-        raise InputError(
-            f"--resume: the YAML of campaign {config.name!r} differs from the stored one "
-            "(only md.total_steps may change on resume)"
-        )
-    if config.md.total_steps != stored.md.total_steps:
-        existing = store.update_campaign(config.name, config=stored_config(config),
-                                         total_steps=config.md.total_steps)
-    store.update_campaign(config.name, status="running", message=None)
+    changed = resume_changes(stored, config)
+    fields = {}
+    if changed:
+        record = {"step": existing.step, "at": datetime.now(tz=UTC).isoformat(), "changed": changed}
+        fields = {
+            "config": stored_config(config), "total_steps": config.md.total_steps,
+            "interval": _resumed_interval(existing.interval, stored, config), "changes": [*existing.changes, record],
+        }
+        for key, (old, new) in changed.items():
+            logger.info("campaign %s resumes at step %d with %s: %r -> %r", config.name, existing.step, key, old, new)
+    existing = store.update_campaign(config.name, status="running", message=None, **fields)
     return resume_flow(existing, location)
+
+
+RESUMABLE_KEYS = frozenset({
+    "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
+    "uncertainty", "validation", "execution", "md.total_steps", "md.trajectory_interval", "md.guard",
+    "reference.retries", "model.num_threads", "refit.train_on",
+})
+"""Keys (top-level or dotted, with everything below them) that ``--resume`` may change."""
+
+IGNORED_KEYS = frozenset({"store"})
+"""Keys never compared on resume (``--store`` / ``OTF_STORE`` override them)."""
+
+
+class _Absent:
+    """A key one of two compared configurations lacks (e.g. another structure or reference kind)."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ABSENT = _Absent()
+
+
+def resume_changes(stored: CampaignConfig, config: CampaignConfig) -> dict[str, list]:
+    """The settings ``config`` changes in ``stored``, as ``{dotted_key: [stored, new]}``.
+
+    Raises :class:`InputError` naming the first changed key (in the YAML's field order) that
+    is not under :data:`RESUMABLE_KEYS`, with its stored and new values.
+    """
+    changed: dict[str, list] = {}
+    for key, old, new in _diff(stored.model_dump(mode="json"), config.model_dump(mode="json")):
+        if _under(key, IGNORED_KEYS):
+            continue
+        if not _under(key, RESUMABLE_KEYS):
+            raise InputError(
+                f"--resume: {key} of campaign {config.name!r} cannot change on resume "
+                f"(stored {old!r}, new {new!r}); keys that may change: {', '.join(sorted(RESUMABLE_KEYS))}"
+            )
+        changed[key] = [None if old is _ABSENT else old, None if new is _ABSENT else new]
+    return changed
+
+
+def _diff(old, new, prefix: str = ""):
+    """(dotted key, old, new) of every difference; mappings are compared key by key."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*new, *(k for k in old if k not in new)]:
+            yield from _diff(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")
+    elif old != new:
+        yield prefix.rstrip("."), old, new
+
+
+def _under(key: str, keys: frozenset[str]) -> bool:
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1))
+
+
+def _resumed_interval(interval: int | None, stored: CampaignConfig, config: CampaignConfig) -> int | None:
+    """The next checking interval under the new schedule: a changed ``check_interval`` restarts the
+    schedule from it, a changed adaptive range clamps the current interval into it."""
+    schedule = ("check_interval", "adaptive_method_parameters")
+    if interval is None or all(getattr(stored, k) == getattr(config, k) for k in schedule):
+        return interval
+    p = config.adaptive_method_parameters
+    if config.check_interval != stored.check_interval or p is None:
+        return config.check_interval
+    return min(max(interval, p.n_min), p.n_max)
 
 
 def validate_inputs(config: CampaignConfig) -> None:

@@ -6,29 +6,121 @@ from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms, units
+from ase.data import atomic_numbers, chemical_symbols, covalent_radii
+
+__all__ = ["ShortDistances", "distance_limits", "make_guard", "pair_numbers"]
+
+
+def pair_numbers(key: str) -> tuple[int, int]:
+    """Atomic numbers (sorted) of a pair key such as ``'O-H'``; ValueError with a one-line reason."""
+    parts = key.split("-")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"key {key!r} is not a pair 'A-B' of chemical symbols such as 'O-H'")
+    numbers = []
+    for symbol in (p.strip() for p in parts):
+        z = atomic_numbers.get(symbol)
+        if not z:  # 'X' (0) is ASE's dummy atom, not an element
+            raise ValueError(f"key {key!r}: {symbol!r} is not a chemical symbol")
+        numbers.append(z)
+    return tuple(sorted(numbers))
+
+
+def distance_limits(settings, numbers) -> np.ndarray:
+    """Table ``L[Z_i, Z_j]`` (Å) of the smallest allowed distance of the elements in ``numbers``.
+
+    Per pair, the first found wins: ``min_distance_pairs``, ``min_distance_A``,
+    ``min_distance_factor`` × (r_i + r_j) with ASE's covalent radii. 0 means not checked.
+    """
+    pairs = {pair_numbers(k): float(v) for k, v in settings.min_distance_pairs.items()}
+    zs = np.unique(numbers)
+    table = np.zeros((int(zs.max()) + 1,) * 2)
+    for a in zs:
+        for b in zs:
+            key = (min(a, b), max(a, b))
+            if key in pairs:
+                limit = pairs[key]
+            elif settings.min_distance_A is not None:
+                limit = settings.min_distance_A
+            else:
+                limit = settings.min_distance_factor * (covalent_radii[a] + covalent_radii[b])
+            table[a, b] = limit
+    return table
+
+
+class ShortDistances:
+    """The pair furthest below its smallest allowed distance, on a Verlet list with a skin.
+
+    The list of pairs within the largest limit + ``skin_A`` is rebuilt only when an atom has
+    moved more than ``skin_A / 2`` since the last build (or the cell, the elements or the
+    periodicity changed, as in NPT); in between, a step costs one distance per listed pair.
+    """
+
+    def __init__(self, settings, skin_A: float = 0.5):
+        self.settings, self.skin = settings, skin_A
+        self._key = None
+
+    def _build(self, atoms: Atoms) -> None:
+        from ase.neighborlist import neighbor_list
+
+        table = distance_limits(self.settings, atoms.numbers)
+        self.cutoff = float(table.max())
+        self._key = (atoms.numbers.copy(), atoms.pbc.copy(), atoms.cell.array.copy())
+        self._positions = atoms.positions.copy()
+        if self.cutoff <= 0:
+            self._i = np.zeros(0, dtype=int)
+            return
+        i, j, shift = neighbor_list("ijS", atoms, self.cutoff + self.skin)
+        limits = table[atoms.numbers[i], atoms.numbers[j]]
+        keep = (i <= j) & (limits > 0)  # each pair once (i == j: an atom and its periodic image)
+        self._i, self._j, self._shift, self._limits = i[keep], j[keep], shift[keep], limits[keep]
+
+    def _stale(self, atoms: Atoms) -> bool:
+        if self._key is None:
+            return True
+        numbers, pbc, cell = self._key
+        if (len(atoms) != len(numbers) or not np.array_equal(atoms.numbers, numbers)
+                or not np.array_equal(atoms.pbc, pbc) or not np.array_equal(atoms.cell.array, cell)):
+            return True
+        moved = np.max(np.sum((atoms.positions - self._positions) ** 2, axis=1)) if len(atoms) else 0.0
+        return bool(moved > (self.skin / 2) ** 2)
+
+    def __call__(self, atoms: Atoms) -> tuple[int, int, float, float] | None:
+        """(i, j, distance, limit) of the worst pair closer than its limit, or None."""
+        if self._stale(atoms):
+            self._build(atoms)
+        if not len(self._i):
+            return None
+        pos = atoms.positions
+        vec = pos[self._j] - pos[self._i] + self._shift @ atoms.cell.array
+        d = np.sqrt(np.einsum("ij,ij->i", vec, vec))
+        ratio = d / self._limits
+        k = int(np.argmin(ratio))
+        if ratio[k] >= 1.0:
+            return None
+        return int(self._i[k]), int(self._j[k]), float(d[k]), float(self._limits[k])
 
 
 def make_guard(settings, temperature_K: float) -> Callable[[Atoms, int], str | None] | None:
     """A guard for :func:`otf_flows.md.segment.run_segment` from ``md.guard`` settings (None if disabled).
 
-    It trips when two atoms are closer than ``min_distance_A``, a force component exceeds
-    ``max_force_eV_A``, the kinetic temperature exceeds ``max_temperature_factor`` × the
-    target (plus 500 K), or the potential energy per atom jumps by more than
-    ``max_energy_jump_eV_per_atom`` in one step.
+    It trips when two atoms are closer than the smallest distance allowed for their elements
+    (see :func:`distance_limits`), a force component exceeds ``max_force_eV_A``, the kinetic
+    temperature exceeds ``max_temperature_factor`` × the target (plus 500 K), or the potential
+    energy per atom jumps by more than ``max_energy_jump_eV_per_atom`` in one step.
     """
     if settings is None or not settings.enabled:
         return None
     t_max = settings.max_temperature_factor * temperature_K + 500.0
     last: dict[str, float] = {}
+    short = ShortDistances(settings)
 
     def guard(atoms: Atoms, step: int) -> str | None:
         n = len(atoms)
-        if settings.min_distance_A and n > 1:
-            from ase.neighborlist import neighbor_list
-
-            d = neighbor_list("d", atoms, settings.min_distance_A)
-            if len(d):
-                return f"atoms {d.min():.2f} Å apart (< {settings.min_distance_A} Å) at step {step}"
+        pair = short(atoms) if n > 1 else None
+        if pair is not None:
+            i, j, d, limit = pair
+            a, b = chemical_symbols[atoms.numbers[i]], chemical_symbols[atoms.numbers[j]]
+            return f"atoms {i} ({a}) and {j} ({b}) {d:.2f} Å apart (< {limit:.2f} Å for {a}-{b}) at step {step}"
         forces = atoms.get_forces()
         fmax = float(np.abs(forces).max())
         if fmax > settings.max_force_eV_A:

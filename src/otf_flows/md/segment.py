@@ -19,7 +19,7 @@ from ase.io import write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MDState", "initial_state", "make_dynamics", "run_segment", "SegmentResult"]
+__all__ = ["MDState", "UncertaintyMonitor", "initial_state", "make_dynamics", "run_segment", "SegmentResult"]
 
 
 @dataclass
@@ -126,6 +126,31 @@ def make_dynamics(atoms: Atoms, md, rng_state: str | None):
 
 
 @dataclass
+class UncertaintyMonitor:
+    """When and how a segment evaluates the model's uncertainty, and when that ends the segment.
+
+    Parameters
+    ----------
+    probe
+        The model's uncertainty probe (see :class:`otf_flows.backends.gap.GapUncertainty`):
+        ``arm()`` makes the next model calculation also compute the uncertainty,
+        ``disarm()`` stops that, ``value(atoms)`` returns it for the current frame (eV),
+        computing it if the last calculation did not.
+    every
+        Evaluate at every global MD step divisible by ``every``.
+    threshold
+        End the segment when the value exceeds it (eV); None only records.
+    min_steps
+        Never end a segment before this many steps.
+    """
+
+    probe: object
+    every: int = 1
+    threshold: float | None = None
+    min_steps: int = 1
+
+
+@dataclass
 class SegmentResult:
     """End state of a segment, the model's labels of the last frame and the trajectory."""
 
@@ -137,6 +162,10 @@ class SegmentResult:
     stopped_early: str | None = None
     n_frames: int = 0
     extra: dict = field(default_factory=dict)
+    uncertainty: float | None = None
+    uncertainty_stop: str | None = None
+    n_uncertainty_evals: int = 0
+    uncertainty_seconds: float = 0.0
 
 
 def run_segment(
@@ -147,6 +176,7 @@ def run_segment(
     trajectory_interval: int = 0,
     guard: Callable[[Atoms, int], str | None] | None = None,
     progress: Callable[[int], None] | None = None,
+    uncertainty: UncertaintyMonitor | None = None,
 ) -> SegmentResult:
     """Run ``n_steps`` MD steps from ``state`` with ``calculator``.
 
@@ -167,7 +197,11 @@ def run_segment(
         early with that reason.
     progress
         Called every step with the global step number.
+    uncertainty
+        Evaluate the model's uncertainty every ``uncertainty.every`` steps and at the last
+        frame; above ``uncertainty.threshold`` the segment ends at that frame.
     """
+    import time
     from ase.calculators.singlepoint import SinglePointCalculator
 
     atoms = state.to_atoms()
@@ -186,9 +220,30 @@ def run_segment(
         write(buffer, frame, format="extxyz")
         n_frames += 1
 
-    for _ in range(n_steps):
-        dyn.step()
+    monitor = uncertainty
+    u_value, u_stop, u_evals, u_seconds = None, None, 0, 0.0
+    probe_now = False
+    forces = None
+
+    def measure() -> float:
+        nonlocal u_evals, u_seconds
+        t0 = time.perf_counter()
+        value = float(monitor.probe.value(atoms))
+        u_seconds += time.perf_counter() - t0
+        u_evals += 1
+        return value
+
+    for i in range(n_steps):
+        probe_now = monitor is not None and (step + 1) % monitor.every == 0
+        if probe_now:
+            monitor.probe.arm()  # the step's own force call at the new positions also gives the variance
+        # the forces of the step's end start the next step: NPTBerendsen would otherwise evaluate
+        # the model again after rescaling the cell (the initial reference MD does the same)
+        forces = dyn.step(forces)
         step += 1
+        if probe_now:
+            monitor.probe.disarm()
+            u_value = measure()
         if trajectory_interval and step % trajectory_interval == 0:
             keep_frame()
         if progress is not None:
@@ -199,6 +254,13 @@ def run_segment(
                 stopped = reason
                 logger.warning("segment stopped at step %d: %s", step, reason)
                 break
+        if (probe_now and monitor.threshold is not None and u_value > monitor.threshold
+                and i + 1 >= monitor.min_steps and i + 1 < n_steps):
+            u_stop = f"uncertainty {u_value:.4g} eV > {monitor.threshold:.4g} eV at step {step}"
+            logger.info("segment ended early: %s", u_stop)
+            break
+    if monitor is not None and not (probe_now and u_value is not None):
+        u_value = measure()  # the checked frame's uncertainty, for the record and calibration
     energy = float(atoms.get_potential_energy())
     forces = np.array(atoms.get_forces(), dtype=float)
     virial = None
@@ -210,4 +272,6 @@ def run_segment(
         except NotImplementedError:
             virial = None
     end = MDState.from_atoms(atoms, step, _rng_state(rng))
-    return SegmentResult(end, energy, forces, virial, buffer.getvalue().encode(), stopped, n_frames)
+    return SegmentResult(end, energy, forces, virial, buffer.getvalue().encode(), stopped, n_frames,
+                         uncertainty=u_value, uncertainty_stop=u_stop, n_uncertainty_evals=u_evals,
+                         uncertainty_seconds=u_seconds)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 
@@ -54,17 +53,10 @@ class CampaignData:
 
 
 def trajectory_frames(store, campaign: str) -> list:
-    """ML-MD trajectory frames of a campaign (``Atoms`` with ``info['md_step']``), by step."""
-    from ase.io import read
+    """ML-MD frames of the campaign's accepted trajectory (rolled-back segments left out), by step."""
+    from otf_flows.trajectory import trajectory_frames as accepted_frames
 
-    docs = store.collection("states").query({"campaign": campaign}, properties=["step", "trajectory"])
-    frames = []
-    for doc in sorted(docs, key=lambda d: d["step"]):
-        if not doc.get("trajectory"):
-            continue
-        text = store.get_blob(doc["trajectory"]).decode()
-        frames.extend(read(io.StringIO(text), index=":", format="extxyz"))
-    return sorted(frames, key=lambda a: a.info.get("md_step", 0))
+    return [a for a in accepted_frames(store, campaign) if a.info.get("driver") == "model"]
 
 
 def collect(store, campaign: str, calculator=None) -> CampaignData:

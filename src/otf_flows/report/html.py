@@ -5,6 +5,8 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+import numpy as np
+
 from otf_flows.report.data import CampaignData
 from otf_flows.schemas.documents import now
 from otf_flows.validation.metrics import metrics
@@ -100,6 +102,23 @@ def _accuracy(data: CampaignData) -> str:
     return _table(["set", *[h for _, h, _ in _METRIC_COLUMNS]], rows)
 
 
+def _check_time(data: CampaignData) -> str:
+    """Errors at check time: the out-of-sample figures (the model had not seen the checked frame)."""
+    checks = [c for c in data.checks if c.kind == "check"]
+    if not checks:
+        return "<p class='muted'>No checks yet.</p>"
+    rows = []
+    last = checks[-5:]
+    for name, subset in (("all checks", checks), (f"last {len(last)} checks", last)):
+        cells = [escape(name), str(len(subset)), f"{sum(c.passed for c in subset)}"]
+        for key, fmt in (("ediff", "{:.4f}"), ("frmse", "{:.3f}"), ("fmax", "{:.3f}")):
+            values = [getattr(c, key) for c in subset if getattr(c, key) is not None]
+            cells.append(f"{fmt.format(float(np.median(values)))} / {fmt.format(max(values))}" if values else "-")
+        rows.append(cells)
+    return _table(["checks", "n", "passed", "ediff median / max (eV/atom)", "frmse median / max (eV/Å)",
+                   "fmax median / max (eV/Å)"], rows)
+
+
 def _validations(data: CampaignData) -> str:
     if not data.validations:
         return "<p class='muted'>None stored (run <code>otf validate MODEL --benchmark NAME</code>).</p>"
@@ -121,8 +140,8 @@ def render_html(data: CampaignData, table: dict, figures: dict[str, Path]) -> st
     tol = data.config.get("tolerances") or {}
     tol_text = ", ".join(f"{k} < {v:g}" for k, v in tol.items() if v is not None) or "none set"
     captions = {
-        "errors_vs_step": "Errors of the ML model at each DFT check vs MD step (cf. Fig. 2c of Stenczel et al. "
-                          "2023): passed checks blue, failed red, tolerances dashed, refits as vertical grey lines, "
+        "errors_vs_step": "Errors of the ML model at each DFT check vs MD step, measured at check time before "
+                          "the frame joins the training data (cf. Fig. 2c of Stenczel et al. 2023): passed checks blue, failed red, tolerances dashed, refits as vertical grey lines, "
                           "initial DFT-driven MD shaded.",
         "interval_vs_step": "Checking interval: each horizontal bar spans the ML-MD steps between two checks; the "
                             "marker at its end is the check (blue passed, red failed).",
@@ -159,6 +178,11 @@ MD steps the same wall time would have bought, measured from this campaign's own
 <p>{len(checks)} DFT checks, {n_failed} failed, {sum(c.refit for c in checks)} refits.</p>
 {_models(data)}
 </div></div>
+<h2>Errors at check time (out-of-sample)</h2>
+<p class="muted">Each check's errors are measured before its frame joins the training data, so they are
+the model's errors on a frame it had not seen: the honest accuracy figure of the run. Every label is
+then trained on (<code>refit.train_on</code>), which makes the table below largely in-sample.</p>
+{_check_time(data)}
 <h2>Accuracy of the latest model on the campaign's frames</h2>
 {_accuracy(data)}
 <h2>Stored validations</h2>

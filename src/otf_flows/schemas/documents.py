@@ -39,6 +39,10 @@ class FrameDoc(_Doc):
     reference_hash: str = Field(description="Hash of the reference settings that produced the labels.")
     reference: dict[str, Any] = Field(default_factory=dict, description="Reference settings (engine, parameters).")
     training_in: list[str] = Field(default_factory=list, description="Campaigns whose training set holds this frame.")
+    flags: list[str] = Field(
+        default_factory=list,
+        description="Why the labels are suspect, e.g. unphysical reference forces; a flagged frame is never trained on.",
+    )
     created_at: datetime = Field(default_factory=now)
 
     @staticmethod
@@ -78,6 +82,14 @@ class CheckDoc(_Doc):
     rolled_back_state_id: str | None = Field(None, description="State the campaign continued from after a rollback.")
     refit_error: str | None = Field(None, description="Why the refit failed (the previous model was kept).")
     reference_seconds: float = Field(0.0, description="Wall time of the reference calculation (s).")
+    trigger: Literal["interval", "uncertainty", "guard"] = Field(
+        "interval", description="What ended the segment: the schedule's interval, the uncertainty trigger or the guard."
+    )
+    uncertainty: float | None = Field(
+        None, description="Model's predicted uncertainty at the checked frame (eV; GAP: largest local-energy std)."
+    )
+    uncertainty_threshold: float | None = Field(None, description="Threshold in force for the segment (eV).")
+    trained_on: bool = Field(False, description="The frame joined the training data (after the errors were measured).")
     created_at: datetime = Field(default_factory=now)
 
 
@@ -120,7 +132,14 @@ class StateDoc(_Doc):
     ml_forces: list[list[float]] | None = Field(None, description="Model forces (eV/Å).")
     ml_virial: list[list[float]] | None = Field(None, description="Model virial (eV).")
     trajectory: str | None = Field(None, description="Blob key of the segment's extxyz trajectory.")
-    stopped_early: str | None = Field(None, description="Reason the segment stopped before its end.")
+    stopped_early: str | None = Field(None, description="Reason the blow-up guard stopped the segment before its end.")
+    uncertainty_stop: str | None = Field(
+        None, description="Reason the uncertainty trigger ended the segment before its end."
+    )
+    ml_uncertainty: float | None = Field(None, description="Model uncertainty of this frame (eV), when evaluated.")
+    uncertainty_threshold: float | None = Field(None, description="Uncertainty threshold of the segment (eV).")
+    uncertainty_seconds: float = Field(0.0, description="Wall time spent evaluating the uncertainty (s).")
+    n_uncertainty_evals: int = Field(0, description="Uncertainty evaluations in the segment.")
     created_at: datetime = Field(default_factory=now)
 
 
@@ -149,5 +168,10 @@ class CampaignDoc(_Doc):
     total_steps: int
     wall_seconds: float = Field(0.0, description="Wall time of all `otf run` invocations (s).")
     message: str | None = Field(None, description="Last error or stop reason.")
+    changes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Settings changed on --resume, oldest first: {step: MD step the new values apply from, "
+        "at: ISO time (UTC), changed: {dotted key: [old, new]}}.",
+    )
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)

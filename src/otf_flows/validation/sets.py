@@ -15,6 +15,7 @@ __all__ = [
     "CHECKS",
     "benchmark_frames",
     "benchmark_names",
+    "common_untrained_frames",
     "frames_for",
     "get_validation",
     "save_validation",
@@ -50,7 +51,8 @@ def untrained_check_frames(store, model: ModelDoc) -> list[FrameDoc]:
     if model.campaign is None:
         raise InputError(f"model {model.model_id!r} belongs to no campaign; --benchmark {CHECKS} needs a campaign model")
     trained = set(model.training_frame_ids)
-    return [f for f in store.frames_of(model.campaign) if f.source == "check" and f.frame_id not in trained]
+    return [f for f in store.frames_of(model.campaign)
+            if f.source == "check" and f.frame_id not in trained and not f.flags]
 
 
 def frames_for(store, model: ModelDoc, benchmark: str) -> list[FrameDoc]:
@@ -60,6 +62,23 @@ def frames_for(store, model: ModelDoc, benchmark: str) -> list[FrameDoc]:
         what = "check frames it was not trained on" if benchmark == CHECKS else "frames"
         raise InputError(f"benchmark {benchmark!r} has no {what} for model {model.model_id!r}")
     return frames
+
+
+def common_untrained_frames(store, model: ModelDoc, other: ModelDoc, benchmark: str) -> list[FrameDoc]:
+    """Frames of ``benchmark`` that neither ``model`` nor ``other`` was trained on.
+
+    Comparing a refitted model with its parent is fair only on such frames: for ``checks``
+    they are the checks that followed both fits, for a benchmark set its frames minus any
+    that reached a training set (e.g. through ``previous_data``).
+    """
+    trained = set(model.training_frame_ids) | set(other.training_frame_ids)
+    if benchmark == CHECKS:
+        if model.campaign is None:
+            return []
+        frames = [f for f in store.frames_of(model.campaign) if f.source == "check"]
+    else:
+        frames = benchmark_frames(store, benchmark)
+    return [f for f in frames if f.frame_id not in trained and not f.flags]
 
 
 def validation_id(model_id: str, benchmark: str) -> str:

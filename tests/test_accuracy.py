@@ -1,0 +1,234 @@
+"""DFT-verified accuracy: every label trained on, errors at check time out-of-sample, the
+uncertainty trigger, unphysical labels flagged, the promotion gate on common frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from otf_flows.campaign import config_from_dict
+from otf_flows.managers.local import run_campaign
+from otf_flows.md.segment import UncertaintyMonitor, initial_state, run_segment
+from otf_flows.store import OtfStore
+
+
+def _short(cu_config, **overrides) -> dict:
+    data = {**cu_config, "name": "acc"}
+    data["md"] = {**cu_config["md"], "total_steps": 160, "trajectory_interval": 0}
+    data.update(overrides)
+    return data
+
+
+def _run(tmp_path, data):
+    st = OtfStore(str(tmp_path / "store"))
+    doc = run_campaign(config_from_dict(data), st)
+    return OtfStore(str(tmp_path / "store")), doc
+
+
+def _campaign_data(cu_config, train_on: str) -> dict:
+    data = _short(cu_config)
+    data["refit"] = {**cu_config["refit"], "train_on": train_on}
+    if train_on == "all":  # also records the uncertainty at every check (calibrated trigger)
+        data["uncertainty"] = {"enabled": True, "every": 5, "calibrate_factor": 3.0}
+    return data
+
+
+@pytest.fixture(scope="module")
+def campaigns(tmp_path_factory):
+    """One short EMT campaign per ``refit.train_on`` value, run once for the module."""
+    import yaml
+
+    from conftest import CONFIGS
+
+    cu_config = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+    out = {}
+    for train_on in ("all", "failed"):
+        data = _campaign_data(cu_config, train_on)
+        st, doc = _run(tmp_path_factory.mktemp(train_on), data)
+        out[train_on] = (st, doc, data)
+    return out
+
+
+@pytest.mark.parametrize("train_on", ["all", "failed"])
+def test_refits_train_on_every_label_paid_for(campaigns, train_on):
+    st, doc, data = campaigns[train_on]
+    assert doc.status == "completed"
+    frames = st.frames_of("acc")
+    checks = {c.frame_id: c for c in st.checks("acc")}
+    models = st.models("acc")
+    assert len(models) >= 2, "expected a refit"
+    for model in models:
+        check = st.trigger_check(model.model_id)
+        cut = check.step if check else data["num_initial_steps"]
+        paid = [f for f in frames if f.md_step <= cut]
+        if train_on == "failed":  # initial frames, and check frames of failed checks only
+            paid = [f for f in paid if f.frame_id not in checks or not checks[f.frame_id].passed]
+        assert sorted(model.training_frame_ids) == sorted(f.frame_id for f in paid), model.model_id
+    for c in checks.values():
+        # the errors of a check are out-of-sample: the checked model had not seen the frame
+        assert c.frame_id not in st.get_model(c.model_id).training_frame_ids
+        assert c.trained_on == (train_on == "all" or not c.passed)
+    if train_on == "all":
+        assert len(st.training_frames("acc")) == len(frames)
+    else:
+        assert len(st.training_frames("acc")) < len(frames)
+
+
+def test_unphysical_reference_labels_are_flagged_and_never_trained_on(tmp_path, cu_config):
+    from refcalcs import SpikyEMT
+
+    SpikyEMT.calls = 0
+    data = _short(cu_config)
+    # num_initial_steps 5 -> 6 labellings; the 7th is the first check (10 steps after the start; the
+    # rollback re-runs the segment with the shortest interval, 5 steps, so it reaches another frame)
+    data["reference"] = {"engine": "ase", "calculator": "refcalcs.SpikyEMT", "kwargs": {"spike_on": 7}}
+    st, doc = _run(tmp_path, data)
+    flagged = [f for f in st.frames_of("acc") if f.flags]
+    assert len(flagged) == 1 and "reference force component" in flagged[0].flags[0]
+    spiky = [c for c in st.checks("acc") if c.frame_id == flagged[0].frame_id]
+    assert len(spiky) == 1 and not spiky[0].passed and not spiky[0].trained_on and not spiky[0].refit
+    assert flagged[0].frame_id not in {f.frame_id for f in st.training_frames("acc")}
+    assert all(flagged[0].frame_id not in m.training_frame_ids for m in st.models("acc"))
+
+
+class _FakeProbe:
+    """An uncertainty that grows by ``increment`` eV at every evaluation."""
+
+    def __init__(self, increment: float):
+        self.increment = increment
+        self.armed = 0
+        self.calls = 0
+
+    def arm(self):
+        self.armed += 1
+
+    def disarm(self):
+        pass
+
+    def value(self, atoms):
+        self.calls += 1
+        return self.calls * self.increment
+
+
+def test_segment_ends_early_when_uncertain(cu_config):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    md = config_from_dict(_short(cu_config)).md
+    state = initial_state(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), md)
+    probe = _FakeProbe(0.03)
+    monitor = UncertaintyMonitor(probe=probe, every=3, threshold=0.10, min_steps=1)
+    result = run_segment(state, EMT(), md, 50, uncertainty=monitor)
+    # evaluated at steps 3, 6, 9, 12: 0.12 > 0.10 at step 12
+    assert result.state.step == 12 and result.uncertainty == pytest.approx(0.12)
+    assert result.uncertainty_stop and "step 12" in result.uncertainty_stop
+    assert result.n_uncertainty_evals == 4 and probe.armed == 4
+    # min_steps holds the segment on until step 20 (evaluated at 15 and 18, then 21 > 20)
+    result = run_segment(state, EMT(), md, 50,
+                         uncertainty=UncertaintyMonitor(probe=_FakeProbe(0.03), every=3, threshold=0.1, min_steps=20))
+    assert result.state.step == 21
+    # below the threshold the segment runs to its end, and the last frame is measured too
+    result = run_segment(state, EMT(), md, 10, uncertainty=UncertaintyMonitor(probe=_FakeProbe(0.0), every=3,
+                                                                              threshold=0.1))
+    assert result.state.step == 10 and result.uncertainty_stop is None and result.n_uncertainty_evals == 4
+
+
+def test_gap_uncertainty_probe_matches_a_direct_variance_call(campaigns):
+    """The armed MD force call gives the same variance as a separate call, at no extra model call."""
+    from otf_flows.backends.gap import GapUncertainty
+    from otf_flows.validation.evaluate import model_calculator
+
+    st, _, data = campaigns["all"]
+    pot = model_calculator(st, "acc-v1")
+    probe = GapUncertainty(pot)
+    md = config_from_dict(data).md
+    from otf_flows.jobs.reference import state_from_doc
+
+    start = state_from_doc(st.get_state("acc:state:5:initial"))
+
+    def counted(calc):
+        calls = {"n": 0}
+        inner = calc.calculate
+
+        def calculate(*args, **kwargs):
+            if calc.calculation_required(args[0] if args else kwargs.get("atoms"), ["energy", "forces"]):
+                calls["n"] += 1
+            return inner(*args, **kwargs)
+
+        calc.calculate = calculate
+        return calls
+
+    plain = model_calculator(st, "acc-v1")
+    plain_calls = counted(plain)
+    reference = run_segment(start, plain, md, 7)
+    calls = counted(pot)
+    # steps 6..12: evaluated at 6, 9 and 12 (the last frame), each inside the MD step's own force call
+    result = run_segment(start, pot, md, 7, uncertainty=UncertaintyMonitor(probe=probe, every=3))
+    assert result.n_uncertainty_evals == 3 and calls["n"] == plain_calls["n"]
+    assert np.allclose(result.state.positions, reference.state.positions, atol=1e-10)
+    atoms = result.state.to_atoms()
+    pot2 = model_calculator(st, "acc-v1")
+    pot2.calculate(atoms, ["energy", "forces"], calc_args="local_gap_variance")
+    expected = float(np.sqrt(pot2.extra_results["atoms"]["local_gap_variance"].max()))
+    assert result.uncertainty == pytest.approx(expected, rel=1e-8) and expected > 0
+
+
+def test_uncertainty_trigger_in_a_campaign(tmp_path, cu_config):
+    """An absolute threshold below every frame's uncertainty ends each segment after min_steps;
+    the check records the trigger and the schedule goes on from the steps actually run."""
+    data = _short(cu_config)
+    data["md"]["total_steps"] = 80
+    data["uncertainty"] = {"enabled": True, "every": 1, "threshold": 1e-6, "min_steps": 4}
+    st, doc = _run(tmp_path, data)
+    assert doc.status == "completed"
+    checks = st.checks("acc")
+    early = [c for c in checks if c.trigger == "uncertainty"]
+    assert early, [c.trigger for c in checks]
+    for c in early:
+        assert c.interval == 4 and c.uncertainty > 1e-6 and c.uncertainty_threshold == 1e-6
+        p = data["adaptive_method_parameters"]
+        expected = min(int(4 * p["factor"]), p["n_max"]) if c.passed else max(int(4 / p["factor"]), p["n_min"])
+        assert c.new_interval == expected
+    states = st.collection("states").query({"campaign": "acc", "n_uncertainty_evals": {"$gt": 0}})
+    assert sum(1 for _ in states) >= len(early)
+
+
+def test_calibrated_threshold_uses_passed_checks_of_the_model(campaigns):
+    from otf_flows.campaign import UncertaintySettings
+    from otf_flows.jobs.md import calibrated_threshold
+
+    st, _, data = campaigns["all"]
+    checks = st.checks("acc")
+    settings = UncertaintySettings(**data["uncertainty"])
+    by_model = {}
+    for c in checks:
+        if c.passed:
+            by_model.setdefault(c.model_id, []).append(c.uncertainty)
+    assert by_model
+    model, values = next(iter(by_model.items()))
+    assert calibrated_threshold(st, "acc", settings, model) == pytest.approx(3.0 * max(values))
+    assert calibrated_threshold(st, "acc", settings.model_copy(update={"threshold": 0.5,
+                                                                       "calibrate_factor": None}), model) == 0.5
+
+
+def test_uncertainty_settings_need_one_threshold(cu_config):
+    from otf_flows.errors import ConfigError
+
+    for bad in ({"enabled": True}, {"enabled": True, "threshold": 0.1, "calibrate_factor": 2.0}):
+        with pytest.raises(ConfigError, match="uncertainty"):
+            config_from_dict(_short(cu_config, uncertainty=bad))
+
+
+def test_promotion_gate_compares_on_frames_neither_model_saw(campaigns):
+    from otf_flows.validation.sets import CHECKS, common_untrained_frames
+
+    st, _, _ = campaigns["all"]
+    models = st.models("acc")
+    child, parent = models[-1], models[-2]
+    frames = common_untrained_frames(st, child, parent, CHECKS)
+    trained = set(child.training_frame_ids) | set(parent.training_frame_ids)
+    checks_after = [f for f in st.frames_of("acc") if f.source == "check" and f.frame_id not in trained]
+    assert [f.frame_id for f in frames] == [f.frame_id for f in checks_after]
+    # with every label trained on, these are exactly the checks after the child's trigger check
+    trigger = st.trigger_check(child.model_id).step
+    assert all(f.md_step > trigger for f in frames)
