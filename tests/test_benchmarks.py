@@ -91,3 +91,32 @@ def test_speedup_aimd_quick(tmp_path):
     assert math.isclose(data["speedup_vs_engine_aimd"],
                         otf["md_steps"] * data["aimd_engine"]["step_cost_s"] / otf["wall_s"])
     assert otf["errors_after_first_10pct"]["checks"] >= 1
+
+
+def test_hidden_error_quick(tmp_path):
+    data = run_quick("hidden_error.py", tmp_path)
+    assert (tmp_path / "hidden_error_quick.png").stat().st_size > 0
+    assert data["systems"]
+    for s in data["systems"].values():
+        assert set(s["modes"]) == {"fixed", "adaptive", "adaptive+uncertainty"}
+        for mode, m in s["modes"].items():
+            runs = s["runs"][mode]
+            assert len(runs) == len(data["seeds"]) == len(m["dft_calls_per_seed"])
+            assert m["frames"] == sum(r["frames"] for r in runs) > 0
+            assert 0 <= m["frames_outside"] <= m["frames"]
+            assert math.isclose(m["fraction_outside"], m["frames_outside"] / m["frames"])
+            assert m["worst"]["ratio"] > 0 and (m["worst"]["ratio"] >= 1) == (m["frames_outside"] > 0)
+            for r in runs:
+                assert r["status"] == "completed" and r["md_steps"] == s["steps"]
+                assert r["dft_calls"] >= r["checks"] == r["checks_passed"] + r["checks_failed"] >= 1
+                assert sum(r["checks_by_trigger"].values()) == r["checks"]
+                assert len(r["series"]["step"]) == len(r["series"]["ratio"]) == r["frames"]
+                assert _positive(r["ml_md_ms_per_step"])
+                assert (r["uncertainty"]["evaluations"] > 0) == (mode == "adaptive+uncertainty")
+            g = s["gr"]["per_seed"][mode][0]
+            assert len(g["r"]) == len(g["g_otf"]) == len(g["g_ref"]) and g["integrated_abs_diff_A"] >= 0
+        assert s["modes"]["fixed"]["uncertainty_checks"] == s["modes"]["adaptive"]["uncertainty_checks"] == 0
+        c = s["correlation"]
+        assert c["frames"] >= 3 and set(c["pooled"]) == {"max_local_std", "total_std", "mean_local_std"}
+        assert _positive(c["cost"]["force_call_ms"])
+        assert isinstance(s["target"]["met"], bool)

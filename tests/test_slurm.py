@@ -344,10 +344,13 @@ def check_results(camp: ClusterCampaign) -> None:
     initial = [f for f in frames if f.source == "initial_md"]
     assert sorted(f.md_step for f in initial) == list(range(config["num_initial_steps"] + 1))
     assert sorted(f.md_step for f in frames if f.source == "check") == [c.step for c in checks]
-    # training data: the initial frames plus each failed check's frame, once
+    # training data: every label (refit.train_on: all), once; the last model saw every label
+    # up to its trigger check
     training = st.training_frames(camp.name)
-    assert len(training) == len(initial) + len(failed)
-    assert models[-1].n_training_frames == len(training)
+    assert len(training) == len(frames)
+    last = models[-1]
+    cut = last.trigger_check_step if last.trigger_check_step is not None else config["num_initial_steps"]
+    assert last.n_training_frames == sum(f.md_step <= cut for f in frames)
     st.close()
 
 

@@ -219,22 +219,20 @@ class OtfStore:
         return frame.frame_id, False
 
     def mark_training(self, frame_id: str, campaign: str) -> None:
-        frames = self.collection("frames")
-        doc = frames.query_one({"frame_id": frame_id})
-        if doc is None:
-            raise NotFoundError(f"frame {frame_id} is not in the store")
-        if campaign not in doc.get("training_in", []):
-            doc["training_in"] = [*doc.get("training_in", []), campaign]
-            frames.update(_clean(doc), key="frame_id")
+        """Add the frame to the campaign's training data."""
+        self._add_to_list(frame_id, "training_in", campaign)
 
     def flag_frame(self, frame_id: str, reason: str) -> None:
         """Record why a frame's labels are suspect; flagged frames are never trained on."""
+        self._add_to_list(frame_id, "flags", reason)
+
+    def _add_to_list(self, frame_id: str, field: str, value: str) -> None:
         frames = self.collection("frames")
         doc = frames.query_one({"frame_id": frame_id})
         if doc is None:
             raise NotFoundError(f"frame {frame_id} is not in the store")
-        if reason not in doc.get("flags", []):
-            doc["flags"] = [*doc.get("flags", []), reason]
+        if value not in doc.get(field, []):
+            doc[field] = [*doc.get(field, []), value]
             frames.update(_clean(doc), key="frame_id")
 
     def get_frames(self, frame_ids: list[str]) -> list[FrameDoc]:
