@@ -206,9 +206,10 @@ def fit_gap(
     model_dir.mkdir(parents=True)
     train = workdir / "train.xyz"
     write(train, frames, format="extxyz")
+    # relative to cwd=workdir: gap_fit aborts on a gp_file path longer than ~200 characters
     cmd = gap_fit_command(
-        str(train),
-        str(model_dir / "gap.xml"),
+        train.name,
+        str((model_dir / "gap.xml").relative_to(workdir)),
         descriptor_str,
         default_sigma=settings.default_sigma,
         e0=settings.e0,
