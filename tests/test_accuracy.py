@@ -232,3 +232,22 @@ def test_promotion_gate_compares_on_frames_neither_model_saw(campaigns):
     # with every label trained on, these are exactly the checks after the child's trigger check
     trigger = st.trigger_check(child.model_id).step
     assert all(f.md_step > trigger for f in frames)
+
+
+def test_refit_after_new_labels_even_when_checks_pass(tmp_path, cu_config):
+    """refit.every_new_labels: 2 refits once two unseen labels joined, passed checks included."""
+    data = _short(cu_config)
+    data["md"]["total_steps"] = 120
+    data["tolerances"] = {"ediff": 1.0}  # every check passes
+    data["refit"] = {**cu_config["refit"], "every_new_labels": 2}
+    st, doc = _run(tmp_path, data)
+    assert doc.status == "completed"
+    checks = st.checks("acc")
+    assert all(c.passed for c in checks) and len(checks) >= 4
+    # a refit at every second check: after it, the model has seen every label up to that check
+    assert [c.refit for c in checks] == [i % 2 == 1 for i in range(len(checks))]
+    for c in checks:
+        if c.refit:
+            model = st.get_model(c.new_model_id)
+            assert model.n_training_frames == sum(f.md_step <= c.step for f in st.frames_of("acc"))
+    assert not any(c.rolled_back_to for c in checks)

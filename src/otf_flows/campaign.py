@@ -85,6 +85,10 @@ class Refit(_Strict):
         "passed or failed, and previous_data, as hybrid-md) or 'failed' (initial frames, failed checks and "
         "previous_data only).",
     )
+    every_new_labels: int | None = Field(
+        None, ge=1, description="Also refit after a passed check once this many DFT labels have joined the "
+        "training data since the current model was fitted (null: refit on failed checks only, as hybrid-md).",
+    )
     energy_key: str = Field("REF_energy", description="extxyz key of reference energies in previous_data.")
     forces_key: str = Field("REF_forces", description="extxyz key of reference forces in previous_data.")
     virial_key: str = Field("REF_virial", description="extxyz key of reference virials in previous_data.")

@@ -123,6 +123,13 @@ def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total
     )
 
 
+def new_labels(store, campaign: str, model_id: str, frame_id: str) -> int:
+    """Training labels of the campaign (with ``frame_id`` about to join) that ``model_id`` has not seen."""
+    seen = set(store.get_model(model_id).training_frame_ids)
+    ids = {f.frame_id for f in store.training_frames(campaign)} | {frame_id}
+    return len(ids - seen)
+
+
 @dataclass
 class FinishMaker(Maker):
     """Mark the campaign completed."""
@@ -182,8 +189,10 @@ class DecideMaker(Maker):
                     )
                 # labels of an unphysical frame teach the model nothing: no refit on them
                 refit = (not passed) and config.can_update and unphysical is None
-                rollback = guard is not None or (config.rollback_on_fail and refit)
                 train = unphysical is None and (config.refit.train_on == "all" or refit)
+                if passed and train and config.can_update and config.refit.every_new_labels:
+                    refit = new_labels(st, campaign, state.model_id, frame.frame_id) >= config.refit.every_new_labels
+                rollback = guard is not None or (config.rollback_on_fail and refit and not passed)
                 target = rollback_target(st, campaign, start, config.md.guard) if guard else start
                 doc = CheckDoc(
                     check_id=check_id, campaign=campaign, step=state.step, interval=state.step - start.step,

@@ -112,7 +112,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
 RESUMABLE_KEYS = frozenset({
     "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
     "uncertainty", "validation", "execution", "md.total_steps", "md.trajectory_interval", "md.guard",
-    "reference.retries", "model.num_threads", "refit.train_on",
+    "reference.retries", "model.num_threads", "refit.train_on", "refit.every_new_labels",
 })
 """Keys (top-level or dotted, with everything below them) that ``--resume`` may change."""
 
