@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install everything, then run the liquid-silicon campaign with CP2K DFT checks
-# on the embedded store (./otf-store): 19 min 42 s on 2 cores (2026-11-21, 13 CP2K calls = 78 % of it).
+# on the embedded store (./otf-store): 12 DFT checks of a liquid-Si GAP at a force tolerance of 0.3 eV/Å
+# (see the README for what its output means and how long it takes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
