@@ -84,7 +84,7 @@ def test_unphysical_reference_labels_are_flagged_and_never_trained_on(tmp_path, 
     data["reference"] = {"engine": "ase", "calculator": "refcalcs.SpikyEMT", "kwargs": {"spike_on": 7}}
     st, doc = _run(tmp_path, data)
     flagged = [f for f in st.frames_of("acc") if f.flags]
-    assert len(flagged) == 1 and "reference force component" in flagged[0].flags[0]
+    assert len(flagged) == 1 and "max_label_force_eV_A" in flagged[0].flags[0]
     spiky = [c for c in st.checks("acc") if c.frame_id == flagged[0].frame_id]
     assert len(spiky) == 1 and not spiky[0].passed and not spiky[0].trained_on and not spiky[0].refit
     assert flagged[0].frame_id not in {f.frame_id for f in st.training_frames("acc")}

@@ -171,6 +171,10 @@ class GuardSettings(_Strict):
         "min_distance_factor; 0 disables them; null uses min_distance_factor.",
     )
     max_force_eV_A: float = Field(25.0, gt=0, description="Largest allowed force component (eV/Å).")
+    max_label_force_eV_A: float = Field(
+        500.0, gt=0, description="Reference labels with a larger force component (eV/Å), or with non-finite "
+        "numbers, are unphysical: the frame is stored and flagged, never trained on.",
+    )
     max_temperature_factor: float = Field(
         3.0, gt=1, description="Trip when T > factor × temperature_K + 500 K."
     )

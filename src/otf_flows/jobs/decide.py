@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from jobflow import Flow, Maker, Response, job
 
 from otf_flows import progress
@@ -56,6 +57,23 @@ def unphysical_reference(frame, guard) -> str | None:
     fmax = max(abs(x) for row in frame.forces for x in row)
     if fmax > guard.max_force_eV_A:
         return f"reference force component {fmax:.1f} eV/Å (> {guard.max_force_eV_A}) at step {frame.md_step}"
+    return None
+
+
+def invalid_labels(frame, guard) -> str | None:
+    """Why the reference labels themselves are unphysical (None if they are usable).
+
+    Huge but finite forces of a frame that has blown up are physical labels (the model
+    learns the repulsion from them); non-finite numbers, or forces beyond
+    ``guard.max_label_force_eV_A``, are not.
+    """
+    values = np.array([frame.energy, *np.ravel(frame.forces), *np.ravel(frame.virial or [])], dtype=float)
+    if not np.all(np.isfinite(values)):
+        return f"reference labels hold non-finite numbers at step {frame.md_step}"
+    fmax = float(np.max(np.abs(frame.forces)))
+    if fmax > guard.max_label_force_eV_A:
+        return (f"reference force component {fmax:.1f} eV/Å (> md.guard.max_label_force_eV_A "
+                f"{guard.max_label_force_eV_A}) at step {frame.md_step}")
     return None
 
 
@@ -173,8 +191,8 @@ class DecideMaker(Maker):
                     len(frame.numbers), state.ml_energy, frame.energy, state.ml_forces, frame.forces,
                     state.ml_virial, frame.virial,
                 )
-                unphysical = unphysical_reference(frame, config.md.guard)
-                guard = state.stopped_early or unphysical
+                unphysical = invalid_labels(frame, config.md.guard)
+                guard = state.stopped_early or unphysical or unphysical_reference(frame, config.md.guard)
                 passed = passes(errors, config.tolerances.model_dump()) and guard is None
                 start = st.get_state(segment["start_state_id"])
                 trigger = ("guard" if state.stopped_early else
@@ -187,7 +205,7 @@ class DecideMaker(Maker):
                     new_interval = next_interval(
                         base, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
                     )
-                # labels of an unphysical frame teach the model nothing: no refit on them
+                # unphysical labels teach the model nothing: no refit on them
                 refit = (not passed) and config.can_update and unphysical is None
                 train = unphysical is None and (config.refit.train_on == "all" or refit)
                 if passed and train and config.can_update and config.refit.every_new_labels:
@@ -205,7 +223,7 @@ class DecideMaker(Maker):
                     trained_on=train, **errors,
                 )
                 # every label joins the training data after its errors were measured (refit.train_on);
-                # labels that show an unphysical frame are kept, flagged, and never trained on
+                # unphysical labels are kept, flagged, and never trained on
                 if unphysical is not None:
                     st.flag_frame(frame.frame_id, unphysical)
                 elif train:
