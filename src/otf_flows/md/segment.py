@@ -223,7 +223,6 @@ def run_segment(
     monitor = uncertainty
     u_value, u_stop, u_evals, u_seconds = None, None, 0, 0.0
     probe_now = False
-    forces = None
 
     def measure() -> float:
         nonlocal u_evals, u_seconds
@@ -237,9 +236,9 @@ def run_segment(
         probe_now = monitor is not None and (step + 1) % monitor.every == 0
         if probe_now:
             monitor.probe.arm()  # the step's own force call at the new positions also gives the variance
-        # the forces of the step's end start the next step: NPTBerendsen would otherwise evaluate
-        # the model again after rescaling the cell (the initial reference MD does the same)
-        forces = dyn.step(forces)
+        # not dyn.step(forces): NPTBerendsen rescales the cell first, and forces of the unscaled
+        # frame would break the exact continuation of a trajectory split into segments
+        dyn.step()
         step += 1
         if probe_now:
             monitor.probe.disarm()
