@@ -1,7 +1,7 @@
 """g(r), bond angles, neighbours, MD stability and the tolerant xyz reader.
 
 The reference is a published 10 000-atom amorphous-carbon structure (GAP-17) with its g(r)
-and bond-angle histogram (/work/shared/reference-data/carbon-gap17-10k).
+and bond-angle histogram (../shared/reference-data/carbon-gap17-10k beside the repository).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from otf_flows.analysis import (
 )
 from otf_flows.errors import InputError
 
-CARBON = Path("/work/shared/reference-data/carbon-gap17-10k")
+CARBON = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "carbon-gap17-10k"  # ../shared beside the repo
 needs_carbon = pytest.mark.skipif(not CARBON.is_dir(), reason="carbon-gap17-10k reference data not available")
 
 
