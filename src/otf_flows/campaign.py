@@ -8,6 +8,8 @@ written like Listing 1 of the paper loads once ``name``, ``structure``, ``md`` a
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -16,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from otf_flows._config_base import Strict as _Strict
+from otf_flows._config_base import load_yaml
 from otf_flows.backends.cp2k_settings import Cp2kReference
 from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import ConfigError
@@ -223,7 +226,13 @@ class MDSettings(_Strict):
     init_temperature_K: float | None = Field(
         None, ge=0, description="Maxwell-Boltzmann temperature of the initial velocities (K); default temperature_K."
     )
-    timestep_fs: float = Field(1.0, gt=0, description="Time step (fs).")
+    timestep_fs: float = Field(
+        1.0, gt=0, le=20,
+        description="Time step (fs), 0 < dt <= 20. Velocity Verlet needs >~10 steps per period of the fastest "
+        "vibration: 9 fs for O-H stretches (dt 0.5-1 fs with hydrogen), ~65 fs for Si and ~140 fs for Cu optical "
+        "phonons (dt 1-5 fs). 20 fs exceeds any step used for atomistic MD, even of heavy soft solids, so a larger "
+        "value is taken as a unit mistake (ps, ASE time units).",
+    )
     total_steps: int = Field(1000, ge=1, description="Total MD steps of the campaign.")
     friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction (1/fs).")
     pressure_GPa: float = Field(0.0, description="NPT target pressure (GPa).")
@@ -248,6 +257,29 @@ class AseReference(_Strict):
     def _dotted(cls, v: str) -> str:
         if "." not in v or v.startswith(".") or v.endswith("."):
             raise ValueError("must be a dotted import path such as ase.calculators.emt.EMT")
+        return v
+
+    @field_validator("calculator")
+    @classmethod
+    def _importable(cls, v: str) -> str:
+        """The path must name a class or callable; a module that fails to import because a dependency is
+        missing is left to the engine's check (backend unavailable, with an install hint)."""
+        module_name, _, attr = v.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+                hint = "" if importlib.util.find_spec(module_name.split(".")[0]) else \
+                    " (a typo, or install the package that provides it)"
+                raise ValueError(f"no module named {err.name!r}{hint}; give the import path of an ASE calculator "
+                                 "class such as ase.calculators.emt.EMT") from None
+            return v
+        except Exception:  # noqa: BLE001 - the module exists but does not import here: checked at run time
+            return v
+        if not hasattr(module, attr):
+            raise ValueError(f"module {module_name!r} has no {attr!r}")
+        if not callable(getattr(module, attr)):
+            raise ValueError(f"{attr!r} in module {module_name!r} is not a class or callable")
         return v
 
 
@@ -325,7 +357,11 @@ class JobResources(_Strict):
 
     category: str | None = Field(None, description="FireWorks category (default: the job kind: dft, md, fit, light).")
     fworker: str | None = Field(None, description="FireWorks worker name (_fworker) the job must run on.")
-    omp_threads: int | None = Field(None, ge=1, description="OMP_NUM_THREADS for the job's programs.")
+    omp_threads: int | None = Field(
+        None, ge=1, description="Threads of the job's programs: OMP_NUM_THREADS of CP2K (dft, before "
+        "reference.omp_threads), quip's OpenMP/BLAS threads in ML-MD (md) and gap_fit's (fit), before "
+        "model.num_threads; may change on --resume.",
+    )
     queue: dict[str, Any] = Field(
         default_factory=dict,
         description="Queue-adapter overrides for this kind (_queueadapter), e.g. {nodes: 4, walltime: '04:00:00'}.",
@@ -401,6 +437,8 @@ def _format_error(err: ValidationError, data: Any) -> str:
     """One line: where, the value, and what is allowed."""
     e = err.errors()[0]
     loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "tagged-union", "Ase", "Cp2k", "Vasp", "StructureFile", "StructureBuilder"))]
+    if loc[:1] == ["reference"] and loc[1:2] in (["ase"], ["cp2k"], ["vasp"]):  # the tagged union's tag
+        del loc[1]
     where = ".".join(loc) or "campaign"
     if e["type"] == "extra_forbidden":
         parent = _model_at(CampaignConfig, loc[:-1], data)
@@ -454,6 +492,9 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
     base = Path(base_dir).resolve()
     if isinstance(config.structure, StructureFile):
         path = (base / config.structure.file).resolve()
+        if path.is_dir():
+            raise ConfigError(f"structure.file: {config.structure.file!r} is a directory, not a structure file "
+                              f"(looked in {base})")
         if not path.is_file():
             raise ConfigError(f"structure.file: {config.structure.file!r} does not exist (looked in {base})")
         config.structure.file = str(path)
@@ -463,6 +504,8 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             resolved.append(item)
             continue
         path = (base / item).resolve()
+        if path.is_dir():
+            raise ConfigError(f"refit.previous_data: {item!r} is a directory, not an extxyz file (looked in {base})")
         if not path.is_file():
             raise ConfigError(f"refit.previous_data: {item!r} does not exist (looked in {base})")
         resolved.append(str(path))
@@ -476,7 +519,7 @@ def load_config(path: str | Path) -> CampaignConfig:
     if not path.is_file():
         raise ConfigError(f"config: {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -51,9 +52,32 @@ def gap_label(xml: Path) -> str:
     raise InputError(f"{xml}: no GAP label found")
 
 
+def gap_species(xml: Path) -> list[int]:
+    """Atomic numbers a GAP is fitted for, read from its descriptors (``Z=``, ``Z1=``, ``species_Z={..}``
+    as gap_fit writes them), sorted; 0 (gap_fit's "any element") is left out."""
+    numbers: set[int] = set()
+    for node in ET.parse(xml).getroot().iter("descriptor"):
+        for _, value in re.findall(r"(?<![\w])(Z\d?|species_Z)\s*=\s*(\{[^}]*\}|\d+)", node.text or ""):
+            numbers.update(int(z) for z in value.strip("{}").split())
+    numbers.discard(0)
+    if not numbers:
+        raise InputError(f"{xml}: no species found in the GAP descriptors")
+    return sorted(numbers)
+
+
+LAMMPS_DATA = "final_state.data"
+"""File name of the campaign's final state in an exported model directory."""
+
+
 def export_model(store, model_id: str, dest: Path) -> list[Path]:
-    """Write the model's files, a LAMMPS ``pair_style quip`` snippet and an ASE example into ``dest``."""
+    """Write the model's files, a LAMMPS ``pair_style quip`` snippet, an ASE example and, for a
+    campaign's model, the campaign's final state as a LAMMPS data file (:data:`LAMMPS_DATA`,
+    ``units metal``, atom types in the order of the model's atomic numbers) into ``dest``."""
+    from ase.data import chemical_symbols
+    from ase.io import write
+
     from otf_flows.backends.gap import unpack_model
+    from otf_flows.jobs.reference import state_from_doc
 
     model = store.get_model(model_id)
     dest = Path(dest)
@@ -67,11 +91,23 @@ def export_model(store, model_id: str, dest: Path) -> list[Path]:
         shutil.move(str(path), dest / path.name)
     shutil.rmtree(tmp, ignore_errors=True)
     xml = dest / xml.name
-    numbers = sorted({z for f in store.get_frames(model.training_frame_ids[:50]) for z in f.numbers})
+    numbers = gap_species(xml)
+    symbols = [chemical_symbols[z] for z in numbers]
     label = gap_label(xml)
+    campaign = store.get_campaign(model.campaign) if model.campaign else None
+    data_lines = ""
+    if campaign is not None and campaign.state_id:
+        atoms = state_from_doc(store.get_state(campaign.state_id)).to_atoms()
+        if set(atoms.numbers) <= set(numbers):
+            write(dest / LAMMPS_DATA, atoms, format="lammps-data", units="metal", specorder=symbols, masses=True,
+                  velocities=True)
+            data_lines = (f"# {LAMMPS_DATA}: final state of campaign {campaign.name} (step {campaign.step}), "
+                          f"atom types {' '.join(symbols)}:\n# units metal\n# atom_style atomic\n"
+                          f"# read_data {LAMMPS_DATA}\n")
     (dest / "lammps.in").write_text(
         f"# LAMMPS snippet for GAP model {model_id} (needs LAMMPS built with the ML-QUIP package)\n"
-        "# atom types must be numbered in the order of the atomic numbers below\n"
+        f"# atom types must be numbered in the order of the atomic numbers below ({' '.join(symbols)})\n"
+        f"{data_lines}"
         "pair_style quip\n"
         f'pair_coeff * * gap.xml "Potential xml_label={label}" {" ".join(map(str, numbers))}\n'
     )

@@ -115,6 +115,7 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
     import yaml
     from pydantic import ValidationError
 
+    from otf_flows._config_base import load_yaml
     from otf_flows.backends.gap import PRESETS
     from otf_flows.campaign import Refit
     from otf_flows.data import frames_from_xyz
@@ -126,7 +127,12 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
     if config is not None:
         if not config.is_file():
             raise InputError(f"--config: {config} does not exist")
-        loaded = yaml.safe_load(config.read_text()) or {}
+        try:
+            loaded = load_yaml(config.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise InputError(f"--config: {config} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
         if not isinstance(loaded, dict):
             raise InputError(f"--config: {config} is not a mapping")
         refit_data = dict(loaded.get("refit", loaded))
@@ -187,9 +193,17 @@ def benchmark_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> 
 def export_model(model_id: str = typer.Argument(..., help="Model id."),
                  dest: Path = typer.Argument(..., help="Directory (new or empty)."),
                  store: Optional[str] = StoreOpt) -> None:
-    """Model files for stand-alone MD: GAP XML + sparseX, a LAMMPS snippet, an ASE example."""
+    """Model files for stand-alone MD: GAP XML + sparseX, a LAMMPS snippet, an ASE example and the
+    campaign's final state as a LAMMPS data file (units metal)."""
+    from otf_flows.models import LAMMPS_DATA
     from otf_flows.models import export_model as export
 
     st = open_store_arg(store)
     files = export(st, model_id, dest)
     typer.echo(f"wrote {', '.join(p.name for p in files)} to {dest}", err=True)
+    if dest / LAMMPS_DATA in files:
+        typer.echo(f"{LAMMPS_DATA}: final state of campaign {st.get_model(model_id).campaign} as a LAMMPS data "
+                   "file (units metal, atom_style atomic, atom types in the order of lammps.in)", err=True)
+    else:
+        typer.echo(f"no {LAMMPS_DATA}: model {model_id} has no campaign state to export (a model of `otf fit`, "
+                   "or a state with elements the model lacks)", err=True)
