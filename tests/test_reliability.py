@@ -65,7 +65,8 @@ def test_sigkill_at_six_points_then_resume(tmp_path, cu_config, write_config):
 
 
 def test_sigterm_stops_resumably_and_keeps_the_wall_time(tmp_path, cu_config, write_config):
-    """A batch system's SIGTERM: exit 143, status "stopped", the wall time so far recorded, then --resume."""
+    """A batch system's SIGTERM: the running job finishes, exit 3 (stopped, resumable), status "stopped", the
+    wall time so far recorded, then --resume."""
     import os
     import subprocess
     import sys
@@ -82,10 +83,11 @@ def test_sigterm_stops_resumably_and_keeps_the_wall_time(tmp_path, cu_config, wr
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stderr.read()
-    assert proc.wait(timeout=300) == 143, "".join(seen) + rest
+    assert proc.wait(timeout=300) == 3, "".join(seen) + rest
     assert "--resume" in rest and "Traceback" not in rest
     doc = OtfStore(store).require_campaign("cu-emt")
     assert doc.status == "stopped" and 0 < doc.step < 300 and doc.wall_seconds > 0
+    assert doc.message == "stopped: SIGTERM"  # taken between two jobs, nothing abandoned
     result = run_otf("run", str(path), "--store", store, "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
     assert OtfStore(store).require_campaign("cu-emt").status == "completed"

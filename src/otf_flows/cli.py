@@ -1,7 +1,8 @@
 """The ``otf`` command line.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input (one line on stderr, no traceback;
-``--debug`` shows it). Commands live in :mod:`otf_flows.commands`.
+``--debug`` shows it), 3 ``otf run`` stopped resumably (SIGTERM, ``--stop-after``; see
+:mod:`otf_flows.managers.stopping`), 130 Ctrl-C. Commands live in :mod:`otf_flows.commands`.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ COLLECTIONS = {
     "ledger": "entry_id",
     "benchmarks": "name",
     "validations": "validation_id",
+    "allocations": "allocation_id",
 }
 
 #: fields users query, indexed on MongoDB (montydb has no indexes)
@@ -54,6 +55,7 @@ INDEXES = {
     "benchmarks": ("name",),
     "validations": ("validation_id", "model_id", "benchmark"),
     "campaigns": ("name",),
+    "allocations": ("allocation_id", "campaign"),
 }
 
 

@@ -36,7 +36,7 @@ from otf_flows.backends.cp2k_env import (
     find_cp2k_data,
 )
 from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.reference import Labels
+from otf_flows.backends.reference import Labels, run_command
 from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ class Cp2kEngine:
     ----------
     settings
         The validated ``reference`` block.
+    omp_threads
+        ``OMP_NUM_THREADS`` of the CP2K process (the campaign's ``execution.dft.omp_threads``);
+        None falls back to ``settings.omp_threads``, then to the environment's.
 
     Notes
     -----
@@ -75,12 +78,18 @@ class Cp2kEngine:
 
     name = "cp2k"
 
-    def __init__(self, settings: Cp2kReference):
+    def __init__(self, settings: Cp2kReference, omp_threads: int | None = None):
         self.settings = settings
+        self.omp_threads = omp_threads or settings.omp_threads
+
+    @property
+    def command(self) -> str:
+        """``reference.cp2k_cmd`` with ``{ntasks}``/``{nodes}`` of this allocation filled in."""
+        return run_command(self.settings.cp2k_cmd, "reference.cp2k_cmd")
 
     def check_available(self) -> None:
         """Raise :class:`BackendUnavailableError` unless CP2K, its data and atomate2 are here."""
-        find_cp2k_data(cp2k_program(find_cp2k(self.settings.cp2k_cmd)))
+        find_cp2k_data(cp2k_program(find_cp2k(self.command)))
         _import_atomate2()
 
     def label(self, atoms: Atoms, workdir: Path) -> Labels:
@@ -103,7 +112,7 @@ class Cp2kEngine:
         if not atoms.pbc.all():
             raise InputError(f"the cp2k reference engine needs a 3D-periodic cell, got pbc={atoms.pbc.tolist()}")
         workdir = Path(workdir).resolve()
-        argv = find_cp2k(self.settings.cp2k_cmd)
+        argv = find_cp2k(self.command)
         command = shlex.join(argv)
         data_dir = ensure_pmg_cp2k_data(find_cp2k_data(cp2k_program(argv)))
         user_settings = input_settings(self.settings, atoms.get_chemical_symbols(), data_dir)
@@ -160,7 +169,7 @@ class Cp2kEngine:
         )
         structure = AseAtomsAdaptor.get_structure(frame)
         with (
-            cp2k_environment(data_dir, self.settings.xc_functional, self.settings.omp_threads),
+            cp2k_environment(data_dir, self.settings.xc_functional, self.omp_threads),
             _rks_safe_task_parsing(),
             _chdir(directory),
         ):

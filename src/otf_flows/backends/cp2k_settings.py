@@ -33,10 +33,14 @@ class Cp2kReference(Strict):
         "cp2k.psmp",
         description="Command running CP2K, split like a shell would (no pipes or redirection), "
         "e.g. 'cp2k.psmp' or 'mpirun -np 4 cp2k.psmp'; custodian appends '-i cp2k.inp'. "
-        "A bare cp2k.psmp/cp2k not on PATH falls back to the other usual CP2K names.",
+        "{ntasks} and {nodes} are the batch allocation's task and node counts, e.g. 'srun -n {ntasks} cp2k.psmp' "
+        "or 'mpirun -np {ntasks} cp2k.psmp' (see docs/cluster.md). "
+        "A bare cp2k.psmp/cp2k not on PATH falls back to the other usual CP2K names. "
+        "Not part of the labels' identity: may change on --resume.",
     )
     omp_threads: int | None = Field(
-        None, ge=1, description="OMP_NUM_THREADS of the CP2K process (threads); null leaves the environment's."
+        None, ge=1, description="OMP_NUM_THREADS of the CP2K process (threads); execution.dft.omp_threads, when "
+        "set, comes first; null leaves the environment's."
     )
     custodian_max_errors: int = Field(
         5,

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,6 +285,24 @@ def gap_calculator(xml: Path, cached: bool = False):
     while len(_POTENTIALS) > _POTENTIAL_CACHE_SIZE:
         _POTENTIALS.pop(next(iter(_POTENTIALS)))
     return pot
+
+
+@contextmanager
+def quip_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with at most ``num_threads`` OpenMP and BLAS threads in this process.
+
+    quip runs inside the ML-MD process, where ``OMP_NUM_THREADS`` counts only when its libraries
+    load, so the limit is set at run time (threadpoolctl) on every OpenMP and BLAS library loaded,
+    quip's among them, and restored after. ``None`` leaves them as they are. (The quippy-ase wheel
+    from PyPI has a single-threaded quip; an OpenMP build of QUIP follows the limit.)
+    """
+    if num_threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=num_threads):
+        yield
 
 
 class GapUncertainty:

@@ -10,7 +10,9 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +24,12 @@ from otf_flows.errors import BackendUnavailableError, ConfigError, ReferenceFail
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AseEngine", "Labels", "ReferenceEngine", "get_engine", "settings_hash"]
+__all__ = ["RUN_KEYS", "AseEngine", "Labels", "ReferenceEngine", "allocation_tasks", "get_engine", "run_command",
+           "settings_hash"]
+
+RUN_KEYS = frozenset({"retries", "cp2k_cmd", "omp_threads", "custodian_max_errors", "vasp_cmd", "vasp_gamma_cmd"})
+"""Keys of a ``reference`` block that say how to run the engine, not what it computes: they are
+in no hash of the labels and may change on ``--resume`` (more cores, another MPI launcher)."""
 
 
 @dataclass
@@ -52,6 +59,71 @@ def settings_hash(settings: dict) -> str:
     """A short, stable hash of reference settings (labels are comparable iff equal)."""
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def allocation_tasks(env: Mapping[str, str] | None = None) -> int:
+    """MPI tasks of the batch allocation this process runs in.
+
+    The first of ``OTF_NTASKS`` (set by the ``otf submit --batch`` script), ``SLURM_NTASKS``,
+    ``PBS_NP``, the lines of ``PBS_NODEFILE``, else the cores this process may use.
+    """
+    env = os.environ if env is None else env
+    for key in ("OTF_NTASKS", "SLURM_NTASKS", "PBS_NP"):
+        value = env.get(key, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    nodefile = env.get("PBS_NODEFILE")
+    if nodefile and os.path.isfile(nodefile):
+        with open(nodefile) as fh:
+            lines = [line for line in fh if line.strip()]
+        if lines:
+            return len(lines)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def allocation_nodes(env: Mapping[str, str] | None = None) -> int:
+    """Nodes of the batch allocation (``SLURM_JOB_NUM_NODES``, distinct hosts of ``PBS_NODEFILE``, else 1)."""
+    env = os.environ if env is None else env
+    value = env.get("SLURM_JOB_NUM_NODES", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    nodefile = env.get("PBS_NODEFILE")
+    if nodefile and os.path.isfile(nodefile):
+        with open(nodefile) as fh:
+            hosts = {line.strip() for line in fh if line.strip()}
+        if hosts:
+            return len(hosts)
+    return 1
+
+
+def run_command(template: str, key: str, env: Mapping[str, str] | None = None) -> str:
+    """A run command with ``{ntasks}`` and ``{nodes}`` filled in from the allocation.
+
+    ``"srun -n {ntasks} cp2k.psmp"`` becomes ``"srun -n 256 cp2k.psmp"`` in a 256-task
+    allocation; a command without placeholders is returned as it is. ``key`` names the
+    setting in error messages.
+    """
+    if "{" not in template:
+        return template
+    try:
+        return template.format_map(_Placeholders(env))
+    except (KeyError, ValueError, IndexError) as err:
+        raise ConfigError(
+            f"{key}: {template!r} has a placeholder other than {{ntasks}} and {{nodes}} ({err})"
+        ) from None
+
+
+class _Placeholders(dict):
+    def __init__(self, env):
+        super().__init__()
+        self.env = env
+
+    def __missing__(self, name: str):
+        if name == "ntasks":
+            return allocation_tasks(self.env)
+        if name == "nodes":
+            return allocation_nodes(self.env)
+        raise KeyError(name)
 
 
 def virial_from_stress(stress_voigt_or_3x3, volume: float) -> np.ndarray:
@@ -118,14 +190,18 @@ class AseEngine:
         raise ReferenceFailedError(f"{self.calculator_path} failed after {self.retries + 1} attempts: {last_error}")
 
 
-def get_engine(settings) -> ReferenceEngine:
-    """The engine for a validated ``reference`` block of a campaign."""
+def get_engine(settings, omp_threads: int | None = None) -> ReferenceEngine:
+    """The engine for a validated ``reference`` block of a campaign.
+
+    ``omp_threads`` (the campaign's ``execution.dft.omp_threads``) sets ``OMP_NUM_THREADS`` of
+    the DFT program, before the engine's own setting (CP2K's ``reference.omp_threads``).
+    """
     if settings.engine == "ase":
         return AseEngine(settings.calculator, settings.kwargs, settings.retries)
     if settings.engine == "cp2k":
         from otf_flows.backends.cp2k import Cp2kEngine
 
-        return Cp2kEngine(settings)
+        return Cp2kEngine(settings, omp_threads=omp_threads)
     if settings.engine == "vasp":
         from otf_flows.backends.vasp import VaspEngine
 

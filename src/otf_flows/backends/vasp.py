@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
-from otf_flows.backends.reference import Labels
+from otf_flows.backends.reference import Labels, run_command
 from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import BackendUnavailableError, InputError, ReferenceFailedError
 
@@ -164,7 +164,7 @@ class VaspEngine:
     def check_available(self) -> None:
         """Raise :class:`BackendUnavailableError` unless VASP, POTCARs and atomate2 are here."""
         problems = []
-        program = _program(self.settings.vasp_cmd)
+        program = _program(run_command(self.settings.vasp_cmd, "reference.vasp_cmd"))
         if shutil.which(program) is None:
             problems.append(f"VASP executable {program!r} not found on PATH ({VASP_INSTALL_HINT})")
         psp_dir = _potcar_dir()
@@ -222,8 +222,8 @@ class VaspEngine:
         maker = StaticMaker(
             input_set_generator=input_set_generator(self.settings),
             run_vasp_kwargs={
-                "vasp_cmd": self.settings.vasp_cmd,
-                "vasp_gamma_cmd": self.settings.vasp_gamma_cmd,
+                "vasp_cmd": run_command(self.settings.vasp_cmd, "reference.vasp_cmd"),
+                "vasp_gamma_cmd": run_command(self.settings.vasp_gamma_cmd, "reference.vasp_gamma_cmd"),
                 "max_errors": self.settings.custodian_max_errors,
                 "custodian_kwargs": {"polling_time_step": 1, "monitor_freq": 30},
             },

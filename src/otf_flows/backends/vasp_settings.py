@@ -29,7 +29,8 @@ class VaspReference(Strict):
     vasp_cmd: str = Field(
         "vasp_std",
         description="Command running VASP, split like a shell would (no pipes or redirection), "
-        "e.g. 'vasp_std' or 'srun vasp_std'.",
+        "e.g. 'vasp_std' or 'srun vasp_std'; {ntasks} and {nodes} are the batch allocation's task and node "
+        "counts, e.g. 'srun -n {ntasks} vasp_std'.",
     )
     vasp_gamma_cmd: str = Field(
         "vasp_gam",

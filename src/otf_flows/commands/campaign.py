@@ -37,23 +37,44 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue the campaign from the store."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress stays on "
                                  "stderr)."),
+    stop_after: Optional[float] = typer.Option(
+        None, "--stop-after", min=0, help="Stop resumably after this many seconds (before a walltime), between two "
+        "jobs; exit code 3."),
+    stop_grace: float = typer.Option(
+        60.0, "--stop-grace", min=0, help="Seconds the job running at a stop request (SIGTERM, --stop-after) may "
+        "take to finish; then it is abandoned and reruns on --resume."),
 ) -> None:
-    """Run a campaign locally (progress bar, then a summary)."""
+    """Run a campaign locally (progress bar, then a summary).
+
+    SIGTERM (a batch system's walltime warning) or --stop-after stops the campaign between two
+    jobs and exits with code 3: continue with `otf run CONFIG --resume` (otf submit --batch
+    scripts do). A second SIGTERM abandons the running job at once.
+    """
     from otf_flows import progress
     from otf_flows.campaign import load_config
     from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
 
     cfg = load_config(config)
     st = open_store_arg(store, cfg.store, must_exist=False)
     start = time.perf_counter()
-    flow = prepare_campaign(cfg, st, resume=resume)
-    with _progress(cfg) as listener:
+    flow = prepare_campaign(cfg, st, resume=resume, check_engine=True)
+    with _progress(cfg) as listener, GracefulStop(stop_after, stop_grace) as stop:
         progress.subscribe(listener)
         try:
-            doc = run_campaign(cfg, st, flow)
+            doc = run_campaign(cfg, st, flow, stop=stop)
+        except Abandoned as err:
+            doc = None
+            reason = str(err)
         finally:
             progress.unsubscribe(listener)
-    _summary(st, doc.name, time.perf_counter() - start, as_json)
+    if doc is not None and doc.status == "stopped":
+        reason = doc.message or "stopped"
+    _summary(st, cfg.name, time.perf_counter() - start, as_json)
+    if doc is None or doc.status == "stopped":
+        sys.stderr.write(f"otf: stopped ({reason.removeprefix('stopped: ')}); continue with "
+                         f"`otf run {config} --resume`\n")
+        raise typer.Exit(EXIT_STOPPED)
 
 
 def _progress(cfg):
@@ -274,8 +295,18 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
             "wall_seconds": d.wall_seconds, "reference_seconds": split["reference"], "fit_seconds": split["fit"],
             "ml_md_seconds": split["ml_md"], "message": d.message,
         })
+    chain = []
+    if campaign:  # allocation mode: the batch allocations that ran the campaign
+        from otf_flows.managers.allocation import allocation_rows, allocations
+
+        chain = allocation_rows(allocations(st, campaign))
+        rows[0]["allocations"] = chain
     if as_json:
         print_json(rows if not campaign else rows[0])
     else:
         print_table(rows, ["campaign", "status", "step", "total_steps", "model_id", "n_checks", "n_models",
                       "wall_seconds", "message"], "campaigns")
+        if chain:
+            print_table(chain, ["number", "chain", "index", "job_id", "host", "ntasks", "started_at", "ended_at",
+                                "steps", "exit_code", "reason", "next_job_id", "log"],
+                        f"batch allocations of {campaign} (otf submit --batch)")

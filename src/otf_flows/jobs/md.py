@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.gap import GapUncertainty, gap_calculator
+from otf_flows.backends.gap import GapUncertainty, gap_calculator, quip_threads
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import model_dir, open_campaign, timed
 from otf_flows.jobs.reference import state_doc, state_from_doc, state_id
+from otf_flows.jobs.routing import omp_threads
 from otf_flows.md.guard import make_guard
 from otf_flows.md.segment import UncertaintyMonitor, run_segment
 
@@ -44,8 +45,9 @@ class MDSegmentMaker(Maker):
             progress.emit("md_step", step=step)
             failpoint("md.step")
 
+        threads = omp_threads("md", config.execution) or config.model.num_threads
         with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
-                   start.step):
+                   start.step), quip_threads(threads):
             calc = gap_calculator(model_dir(st, model_id) / "gap.xml", cached=True)
             monitor = uncertainty_monitor(st, campaign, config.uncertainty, model_id, calc)
             result = run_segment(

@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.reference import Labels, get_engine, settings_hash
+from otf_flows.backends.reference import RUN_KEYS, Labels, ReferenceEngine, get_engine, settings_hash
 from otf_flows.data import import_previous_data
 from otf_flows.faults import failpoint
 from otf_flows.frames import frame_from_labels
@@ -26,9 +26,31 @@ logger = logging.getLogger(__name__)
 
 
 def reference_identity(config) -> tuple[str, dict]:
-    """Hash and plain dict of the campaign's reference settings."""
-    settings = config.reference.model_dump(mode="json", exclude={"retries"})
+    """Hash and plain dict of the campaign's reference settings: what the labels depend on, without
+    how the engine is run (:data:`~otf_flows.backends.reference.RUN_KEYS`: command, threads, retries)."""
+    settings = config.reference.model_dump(mode="json", exclude=set(RUN_KEYS))
     return settings_hash(settings), settings
+
+
+def _label_hashes(config, ref_hash: str) -> set[str]:
+    """``ref_hash`` and the hash labels of these settings had before run settings left the hash (so a
+    job interrupted across that upgrade still finds its label instead of computing it twice)."""
+    legacy = settings_hash(config.reference.model_dump(mode="json", exclude={"retries"}))
+    return {ref_hash, legacy}
+
+
+_checked: set[str] = set()
+
+
+def reference_engine(config) -> ReferenceEngine:
+    """The campaign's reference engine with ``execution.dft.omp_threads``, checked once per process and
+    settings: the first DFT job on a node fails with an install hint if the DFT program is not there."""
+    engine = get_engine(config.reference, omp_threads=config.execution.dft.omp_threads)
+    key = settings_hash(config.reference.model_dump(mode="json"))
+    if key not in _checked:
+        engine.check_available()
+        _checked.add(key)
+    return engine
 
 
 def state_id(campaign: str, step: int, model_id: str | None) -> str:
@@ -67,11 +89,12 @@ def state_from_doc(doc: StateDoc) -> MDState:
     )
 
 
-def _stored_label(store, campaign: str, source: str, step: int, atoms: Atoms, ref_hash: str) -> FrameDoc | None:
+def _stored_label(store, campaign: str, source: str, step: int, atoms: Atoms,
+                  ref_hashes: set[str]) -> FrameDoc | None:
     """A frame already labelled for this step and these exact positions (reruns do no DFT twice)."""
     for doc in store.collection("frames").query({"campaign": campaign, "source": source, "md_step": step}):
         frame = FrameDoc.model_validate({k: v for k, v in doc.items() if k not in ("_id", "last_updated")})
-        if frame.reference_hash == ref_hash and np.allclose(frame.positions, atoms.positions, atol=1e-10, rtol=0):
+        if frame.reference_hash in ref_hashes and np.allclose(frame.positions, atoms.positions, atol=1e-10, rtol=0):
             return frame
     return None
 
@@ -92,8 +115,9 @@ class ReferenceCalculator(Calculator):
     def __init__(self, store, campaign: str, config, first_step: int, workdir: Path):
         super().__init__()
         self.store, self.campaign, self.config = store, campaign, config
-        self.engine = get_engine(config.reference)
+        self.engine = reference_engine(config)
         self.ref_hash, self.ref_settings = reference_identity(config)
+        self.ref_hashes = _label_hashes(config, self.ref_hash)
         self.step = first_step  # last completed MD step (the start before the first step)
         self.workdir = Path(workdir)
         self.n_labels = 0  # frames labelled (stored or found in the store) by this calculator
@@ -122,7 +146,7 @@ class ReferenceCalculator(Calculator):
         step = self.step if self._labelled is None or self._labelled < self.step else self.step + 1
         if step == self._labelled:
             logger.warning("a second reference evaluation within MD step %d", step)
-        frame = _stored_label(self.store, self.campaign, "initial_md", step, self.atoms, self.ref_hash)
+        frame = _stored_label(self.store, self.campaign, "initial_md", step, self.atoms, self.ref_hashes)
         if frame is None:
             with timed(self.store, self.campaign, "reference", "initial-md", f"{self.campaign}:initial:{step}", step):
                 labels = self.engine.label(self.atoms.copy(), self.workdir / f"step_{step:06d}")
@@ -193,10 +217,10 @@ class ReferenceCheckMaker(Maker):
         state = st.get_state(segment["state_id"])
         atoms = state_from_doc(state).to_atoms()
         ref_hash, ref_settings = reference_identity(config)
-        frame = _stored_label(st, campaign, "check", state.step, atoms, ref_hash)
+        frame = _stored_label(st, campaign, "check", state.step, atoms, _label_hashes(config, ref_hash))
         seconds = 0.0
         if frame is None:
-            engine = get_engine(config.reference)
+            engine = reference_engine(config)
             with timed(st, campaign, "reference", self.name, f"{campaign}:ref:{state.state_id}", state.step):
                 labels: Labels = engine.label(atoms, Path.cwd() / f"check_{state.step:06d}")
             seconds = labels.seconds

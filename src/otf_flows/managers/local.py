@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import chdir
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,19 +20,24 @@ from random import randint
 
 from jobflow import Flow, Job
 
+from otf_flows.backends.reference import RUN_KEYS
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import InputError
 from otf_flows.faults import failpoint
 from otf_flows.flows.campaign import campaign_flow, resume_flow
 from otf_flows.jobs.base import forget_stores
+from otf_flows.managers.stopping import Abandoned, GracefulStop
 from otf_flows.schemas.documents import CampaignDoc
 from otf_flows.store import OtfStore
 
 logger = logging.getLogger(__name__)
 
 
-def run_flow(flow: Flow | Job, jobstore, root_dir: Path) -> int:
-    """Run ``flow`` and every job it emits; exceptions propagate. Returns the number of jobs run."""
+def run_flow(flow: Flow | Job, jobstore, root_dir: Path, stop: Callable[[], str | None] | None = None) -> int:
+    """Run ``flow`` and every job it emits; exceptions propagate. Returns the number of jobs run.
+
+    ``stop`` is asked before each job: a reason (not None) ends the run there, resumably.
+    """
     root_dir = Path(root_dir)
     root_dir.mkdir(parents=True, exist_ok=True)
     jobstore.connect()
@@ -40,6 +46,8 @@ def run_flow(flow: Flow | Job, jobstore, root_dir: Path) -> int:
     while queue:
         current = queue.popleft()
         for job, _parents in current.iterflow():
+            if stop is not None and stop():
+                return n_jobs
             stamp = datetime.now(tz=UTC).strftime("%Y-%m-%d-%H-%M-%S-%f")
             job_dir = root_dir / f"job_{stamp}-{randint(10000, 99999)}"
             job_dir.mkdir()
@@ -55,8 +63,13 @@ def run_flow(flow: Flow | Job, jobstore, root_dir: Path) -> int:
     return n_jobs
 
 
-def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = False) -> Flow:
+def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = False,
+                     check_engine: bool = False) -> Flow:
     """Register (or find, with ``resume``) the campaign and return the flow to run.
+
+    With ``check_engine`` the reference engine must be runnable here (``otf run``, ``otf submit
+    --check-engine``); otherwise the first DFT job checks it where it runs, so a login node
+    without the DFT program can submit.
 
     Raises :class:`InputError` when the campaign exists and ``resume`` is not set, or is
     missing with ``resume`` set, or when ``resume`` changes a setting outside
@@ -67,6 +80,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
 
     if not resume:
         validate_inputs(config)
+    if check_engine:
         get_engine(config.reference).check_available()
     existing = store.get_campaign(config.name)
     location = store.location if store.kind != "embedded" else str(store.path)
@@ -112,9 +126,12 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
 RESUMABLE_KEYS = frozenset({
     "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
     "uncertainty", "validation", "execution", "md.total_steps", "md.trajectory_interval", "md.guard",
-    "reference.retries", "model.num_threads", "refit.train_on", "refit.every_new_labels",
+    "model.num_threads", "refit.train_on", "refit.every_new_labels",
+    *(f"reference.{key}" for key in RUN_KEYS),
 })
-"""Keys (top-level or dotted, with everything below them) that ``--resume`` may change."""
+"""Keys (top-level or dotted, with everything below them) that ``--resume`` may change: among them
+everything about resources (``execution``, threads, the DFT run command, retries), none of which is
+in the labels' hash."""
 
 IGNORED_KEYS = frozenset({"store"})
 """Keys never compared on resume (``--store`` / ``OTF_STORE`` override them)."""
@@ -198,25 +215,35 @@ def stored_config(config: CampaignConfig) -> dict:
     return data
 
 
-def run_campaign(config: CampaignConfig, store: OtfStore, flow: Flow | None = None, resume: bool = False) -> CampaignDoc:
+def run_campaign(config: CampaignConfig, store: OtfStore, flow: Flow | None = None, resume: bool = False,
+                 stop: GracefulStop | None = None) -> CampaignDoc:
     """Run a campaign to completion on this machine; failures leave it resumable.
 
-    ``flow`` is what :func:`prepare_campaign` returned (prepared here when None).
+    ``flow`` is what :func:`prepare_campaign` returned (prepared here when None). With ``stop``
+    (entered by the caller) the run ends between two jobs once a stop is requested: the campaign
+    is then "stopped", with the reason in its message, and resumable.
     """
     if flow is None:
         flow = prepare_campaign(config, store, resume)
     root = _runs_dir(store, config.name)
     start = time.perf_counter()
     try:
-        run_flow(flow, store.jobstore, root)
+        run_flow(flow, store.jobstore, root, stop=stop)
     except BaseException as err:
         status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
         message = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        if isinstance(err, Abandoned):
+            message = f"stopped: {message}"
         _add_wall(store, config.name, time.perf_counter() - start, status=status, message=message)
         raise
     finally:
+        if stop is not None:
+            stop.disarm()
         forget_stores()
-    return _add_wall(store, config.name, time.perf_counter() - start)
+    doc = _add_wall(store, config.name, time.perf_counter() - start)
+    if stop is not None and stop() and doc.status != "completed":
+        doc = store.update_campaign(config.name, status="stopped", message=f"stopped: {stop()}")
+    return doc
 
 
 def _add_wall(store: OtfStore, name: str, seconds: float, **fields) -> CampaignDoc:

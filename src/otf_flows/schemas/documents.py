@@ -175,3 +175,29 @@ class CampaignDoc(_Doc):
     )
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
+
+
+class AllocationDoc(_Doc):
+    """One batch allocation of a campaign in allocation mode (``otf submit --batch``)."""
+
+    allocation_id: str = Field(description="'<campaign>:alloc:<number>' (number zero-padded to 4 digits).")
+    campaign: str
+    number: int = Field(description="Allocation number within the campaign, from 1 (names its log file).")
+    chain: int = Field(description="Chain number: each `otf submit --batch` starts a chain, from 1.")
+    index: int = Field(description="Position of the allocation in its chain, from 1.")
+    max_allocations: int = Field(description="Allocations the chain may have (1 + --resubmit).")
+    scheduler: Literal["slurm", "pbs"]
+    job_id: str = Field(description="Batch job id.")
+    host: str = Field(description="Host the batch script ran on.")
+    ntasks: int | None = Field(None, description="MPI tasks of the allocation ({ntasks} of the run command).")
+    log: str = Field(description="Log file of `otf run` in this allocation.")
+    step_start: int = Field(description="Campaign MD step when the allocation started.")
+    started_at: datetime = Field(default_factory=now)
+    ended_at: datetime | None = Field(None, description="When `otf run` ended (None: running, or killed "
+                                      "before the script could record it).")
+    exit_code: int | None = Field(None, description="Exit code of `otf run` (3: stopped resumably).")
+    step_end: int | None = Field(None, description="Campaign MD step when the allocation ended.")
+    reason: str | None = Field(None, description="Why it ended: completed, stopped (SIGTERM, --stop-after), "
+                               "failed with the campaign's message, ...")
+    resubmit: bool = Field(False, description="Whether the script was told to resubmit itself.")
+    next_job_id: str | None = Field(None, description="Job id of the resubmitted allocation.")
