@@ -251,3 +251,32 @@ def test_refit_after_new_labels_even_when_checks_pass(tmp_path, cu_config):
             model = st.get_model(c.new_model_id)
             assert model.n_training_frames == sum(f.md_step <= c.step for f in st.frames_of("acc"))
     assert not any(c.rolled_back_to for c in checks)
+
+
+def test_within_margin_scales_every_set_tolerance():
+    from otf_flows.checks import within_margin
+
+    errors = {"ediff": 0.004, "fmax": 0.5, "frmse": 0.2, "vmax": None}
+    tol = {"ediff": 0.01, "fmax": 1.0, "frmse": 0.3, "vmax": None}
+    assert within_margin(errors, tol, 1.0)
+    assert within_margin(errors, tol, 0.7)  # 0.2 < 0.21, 0.5 < 0.7, 0.004 < 0.007
+    assert not within_margin(errors, tol, 0.6)  # frmse 0.2 >= 0.18
+    assert not within_margin({**errors, "ediff": 0.02}, tol, 1.0)
+
+
+def test_passed_checks_without_margin_hold_the_interval(tmp_path, cu_config):
+    """adaptive_method_parameters.grow_below: a pass above grow_below x tolerance keeps the interval."""
+    data = _short(cu_config)
+    data["md"]["total_steps"] = 100
+    data["can_update"] = False
+    data["tolerances"] = {"ediff": 1.0, "fmax": None, "frmse": None, "vmax": None}  # every check passes
+    data["adaptive_method_parameters"] = {**cu_config["adaptive_method_parameters"], "grow_below": 1e-9}
+    st, doc = _run(tmp_path, data)
+    checks = st.checks("acc")
+    assert doc.status == "completed" and all(c.passed for c in checks) and len(checks) >= 5
+    assert {c.new_interval for c in checks} == {data["check_interval"]}  # never grew
+    data["name"] = "acc-grow"
+    data["adaptive_method_parameters"]["grow_below"] = 1.0
+    doc = run_campaign(config_from_dict(data), st)
+    grown = st.checks("acc-grow")
+    assert [c.new_interval for c in grown][:2] == [2 * data["check_interval"], 4 * data["check_interval"]]

@@ -34,6 +34,13 @@ class AdaptiveMethodParameters(_Strict):
     n_min: int = Field(1, ge=1, description="Smallest interval between checks (MD steps).")
     n_max: int = Field(10000, ge=1, description="Largest interval between checks (MD steps).")
     factor: float = Field(2.0, description="Interval growth/shrink factor; must be > 1.")
+    grow_below: float = Field(
+        1.0, gt=0, le=1,
+        description="A passed check grows the interval only when every checked error is below grow_below x its "
+        "tolerance; a check that passes without that margin keeps the interval (fraction, 0 < x <= 1; 1.0 is "
+        "hybrid-md: every pass grows it). The interval then grows only while the model has room below the "
+        "tolerance, so fewer frames between checks exceed it.",
+    )
 
     @field_validator("factor")
     @classmethod

@@ -81,3 +81,15 @@ def passes(errors: Mapping[str, float | None], tolerances: Mapping[str, float | 
         if value is None or not value < tol:
             return False
     return True
+
+
+def within_margin(errors: Mapping[str, float | None], tolerances: Mapping[str, float | None], fraction: float) -> bool:
+    """Whether every set tolerance holds with room to spare: ``value < fraction * tolerance``.
+
+    ``fraction`` 1.0 is :func:`passes`. The adaptive schedule grows the interval only
+    within this margin (``adaptive_method_parameters.grow_below``).
+    """
+    if fraction >= 1.0:
+        return passes(errors, tolerances)
+    scaled = {k: (None if v is None else fraction * v) for k, v in tolerances.items()}
+    return passes(errors, scaled)

@@ -9,7 +9,7 @@ import numpy as np
 from jobflow import Flow, Maker, Response, job
 
 from otf_flows import progress
-from otf_flows.checks import error_metrics, passes
+from otf_flows.checks import error_metrics, passes, within_margin
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import open_campaign, timed
@@ -201,6 +201,9 @@ class DecideMaker(Maker):
                 base = max(state.step - start.step, 1) if trigger == "uncertainty" else interval
                 if guard is not None:
                     new_interval = p.n_min if p else interval
+                elif passed and p is not None and not within_margin(errors, config.tolerances.model_dump(),
+                                                                    p.grow_below):
+                    new_interval = min(max(base, p.n_min), p.n_max)  # passed without margin: hold the interval
                 else:
                     new_interval = next_interval(
                         base, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
