@@ -280,3 +280,24 @@ def test_passed_checks_without_margin_hold_the_interval(tmp_path, cu_config):
     doc = run_campaign(config_from_dict(data), st)
     grown = st.checks("acc-grow")
     assert [c.new_interval for c in grown][:2] == [2 * data["check_interval"], 4 * data["check_interval"]]
+
+
+@pytest.mark.parametrize(("virials", "ensemble", "vmax", "expected"), [
+    ("auto", "nvt_langevin", None, False), ("auto", "npt_berendsen", None, True), ("auto", "nve", 0.05, True),
+    ("train", "nvt_langevin", None, True), ("ignore", "npt_berendsen", 0.05, False),
+])
+def test_refits_train_on_virials_only_when_the_campaign_uses_them(cu_config, virials, ensemble, vmax, expected):
+    from otf_flows.jobs.fit import training_atoms
+    from otf_flows.schemas.documents import FrameDoc
+
+    data = _short(cu_config)
+    data["md"]["ensemble"] = ensemble
+    data["tolerances"] = {**cu_config["tolerances"], "vmax": vmax}
+    data["refit"] = {**cu_config["refit"], "virials": virials}
+    config = config_from_dict(data)
+    assert config.trains_on_virials is expected
+    frame = FrameDoc(frame_id="f", numbers=[29], positions=[[0, 0, 0]], cell=[[3, 0, 0], [0, 3, 0], [0, 0, 3]],
+                     pbc=[True] * 3, energy=-1.0, forces=[[0, 0, 0]], virial=[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                     source="check", reference_hash="h")
+    (atoms,) = training_atoms([frame], config.trains_on_virials)
+    assert ("REF_virial" in atoms.info) is expected and "REF_energy" in atoms.info

@@ -99,6 +99,12 @@ class Refit(_Strict):
         None, ge=1, description="Also refit after a passed check once this many DFT labels have joined the "
         "training data since the current model was fitted (null: refit on failed checks only, as hybrid-md).",
     )
+    virials: Literal["auto", "train", "ignore"] = Field(
+        "auto",
+        description="Whether refits train on the reference virials: 'train', 'ignore', or 'auto' = only when the "
+        "campaign uses them (md.ensemble npt_berendsen or a tolerances.vmax). Under NVT a virial term at the "
+        "force sigma costs force and energy accuracy (benchmarks/README.md, hidden error).",
+    )
     energy_key: str = Field("REF_energy", description="extxyz key of reference energies in previous_data.")
     forces_key: str = Field("REF_forces", description="extxyz key of reference forces in previous_data.")
     virial_key: str = Field("REF_virial", description="extxyz key of reference virials in previous_data.")
@@ -386,6 +392,13 @@ class ExecutionSettings(_Strict):
 
 class CampaignConfig(_Strict):
     """One on-the-fly campaign."""
+
+    @property
+    def trains_on_virials(self) -> bool:
+        """Whether refits train on reference virials (``refit.virials``)."""
+        if self.refit.virials != "auto":
+            return self.refit.virials == "train"
+        return self.md.ensemble == "npt_berendsen" or self.tolerances.vmax is not None
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Campaign name (letters, digits, . _ -).")
     structure: Annotated[Union[StructureFile, StructureBuilder], Field(union_mode="left_to_right")] = Field(

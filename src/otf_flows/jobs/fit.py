@@ -9,7 +9,7 @@ from pathlib import Path
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.gap import PRESETS, fit_gap, pack_model, split_opts, with_option
+from otf_flows.backends.gap import PRESETS, VIRIAL_KEY, fit_gap, pack_model, split_opts, with_option
 from otf_flows.errors import FitFailedError
 from otf_flows.faults import failpoint
 from otf_flows.frames import frame_to_atoms
@@ -38,6 +38,15 @@ def register_fit(store, result, frames, *, model_id, version, campaign, parent, 
     )
     store.put_model(model)
     return model
+
+
+def training_atoms(frames, virials: bool) -> list:
+    """The frames as gap_fit training structures, without their virials unless ``virials``."""
+    atoms = [frame_to_atoms(f) for f in frames]
+    if not virials:
+        for a in atoms:
+            a.info.pop(VIRIAL_KEY, None)
+    return atoms
 
 
 @dataclass
@@ -71,7 +80,7 @@ class RefitMaker(Maker):
             with timed(st, campaign, "fit", self.name, f"{campaign}:fit:{model_id}"):
                 try:
                     result, refit_used, descriptor = fit_with_retries(
-                        [frame_to_atoms(f) for f in frames], Path.cwd() / f"fit_{model_id}", config.refit,
+                        training_atoms(frames, config.trains_on_virials), Path.cwd() / f"fit_{model_id}", config.refit,
                         descriptor, config.execution.fit.omp_threads or config.model.num_threads, config.md.seed,
                     )
                 except FitFailedError as err:
