@@ -543,6 +543,40 @@ def run_system(system: str, seeds: list[int], steps: int, extra: dict, fixed_int
 
 
 # ----------------------------------------------------------------------------- output
+def merge_results(parts: list[dict]) -> dict:
+    """One result from runs of the same systems and modes with different seeds (run in parallel).
+
+    Runs, per-mode aggregates, g(r) and the target are recomputed over all seeds; the
+    uncertainty correlation is that of the first part (it needs the stores); the wall time
+    is the longest part's.
+    """
+    first = copy.deepcopy(parts[0])
+    first["seeds"] = [s for p in parts for s in p["seeds"]]
+    first["benchmark_wall_s"] = max(p["benchmark_wall_s"] for p in parts)
+    first["command"] = " + ".join(p["command"] for p in parts)
+    first["merged_from"] = [p["command"] for p in parts]
+    for name, sysres in first["systems"].items():
+        others = [p["systems"][name] for p in parts[1:]]
+        for mode in sysres["runs"]:
+            sysres["runs"][mode] = [r for s in [sysres, *others] for r in s["runs"][mode]]
+            sysres["gr"]["per_seed"][mode] = [g for s in [sysres, *others] for g in s["gr"]["per_seed"][mode]]
+            gs = sysres["gr"]["per_seed"][mode]
+            sysres["gr"]["modes"][mode] = {
+                "integrated_abs_diff_A_mean": float(np.mean([x["integrated_abs_diff_A"] for x in gs])),
+                "first_peak_r_A": [x["otf"]["first_peak_r_A"] for x in gs],
+                "first_peak_g": [x["otf"]["first_peak_g"] for x in gs]}
+        for key in ("first_peak_r_A", "first_peak_g"):
+            sysres["gr"]["reference"][key] = [x for s in [sysres, *others] for x in s["gr"]["reference"][key]]
+        sysres["modes"] = {m: aggregate(runs) for m, runs in sysres["runs"].items()}
+        if "adaptive" in sysres["modes"] and "adaptive+uncertainty" in sysres["modes"]:
+            ada, unc = sysres["modes"]["adaptive"], sysres["modes"]["adaptive+uncertainty"]
+            ratio = unc["dft_calls_total"] / ada["dft_calls_total"] if ada["dft_calls_total"] else None
+            sysres["target"] = {"fraction_outside": unc["fraction_outside"], "dft_calls_over_adaptive": ratio,
+                                "met": bool(unc["fraction_outside"] is not None and unc["fraction_outside"] <= 0.01
+                                            and ratio is not None and ratio <= 1.5)}
+    return first
+
+
 def figure(res: dict, path: Path) -> None:
     """Per system: error/tolerance ratio along the trajectory (first seed, each mode) and g(r)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -687,8 +721,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-floor", action="store_true", help="skip the error-floor fit")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=None, help="run only these modes")
     p.add_argument("--tag", default=None, help="write results/hidden_error_<tag>.* (tuning runs)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULT.json",
+                   help="merge results of runs with different --seeds (run in parallel) into one, write it as --tag")
     args = p.parse_args(argv)
     name = f"{NAME}_{args.tag}" if args.tag else NAME
+    if args.merge:
+        res = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        write_results(args.out, name, res["quick"], res, markdown(res, res["machine"], res["benchmark_wall_s"]))
+        figure(res, Path(args.out) / f"{name}.png")
+        return 0
     if args.from_json is not None:
         res = json.loads(Path(args.from_json).read_text())
         write_results(args.out, name, res["quick"], res, markdown(res, res["machine"], res["benchmark_wall_s"]))
