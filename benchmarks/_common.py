@@ -215,7 +215,8 @@ class CampaignTimer:
     @staticmethod
     def _bucket(name: str, category: str) -> dict:
         return {"name": name, "category": category, "wall": 0.0, "ledger": defaultdict(float),
-                "gap_calc": 0.0, "gap_calls": 0, "gap_load": 0.0, "model_unpack": 0.0}
+                "gap_calc": 0.0, "gap_calls": 0, "gap_load": 0.0, "model_unpack": 0.0,
+                "cpu": 0.0, "ledger_cpu": defaultdict(float)}
 
     def _into(self) -> dict:
         return self._current if self._current is not None else self.outside
@@ -229,6 +230,7 @@ class CampaignTimer:
         import jobflow
         import quippy.potential
 
+        import otf_flows.jobs.base
         import otf_flows.jobs.md
         import otf_flows.store
 
@@ -238,11 +240,12 @@ class CampaignTimer:
             def run(job, *args, **kwargs):
                 bucket = timer._bucket(str(job.name), _job_category(job))
                 previous, timer._current = timer._current, bucket
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.thread_time()
                 try:
                     return original(job, *args, **kwargs)
                 finally:
                     bucket["wall"] = time.perf_counter() - start
+                    bucket["cpu"] = time.thread_time() - cpu
                     timer._current = previous
                     timer.jobs.append(bucket)
             return run
@@ -282,7 +285,21 @@ class CampaignTimer:
                     timer._into()["model_unpack"] += time.perf_counter() - start
             return model_dir
 
+        def timed_factory(original):
+            @contextmanager
+            def timed(store, campaign, kind, *args, **kwargs):
+                cpu = time.thread_time()
+                with original(store, campaign, kind, *args, **kwargs):
+                    yield
+                timer._into()["ledger_cpu"][kind] += time.thread_time() - cpu
+            return timed
+
         self._patch(jobflow.Job, "run", run_factory)
+        # thread CPU time of the timed blocks (``timed`` is imported by name into the job modules)
+        original_timed = otf_flows.jobs.base.timed
+        for module in [m for name, m in sys.modules.items() if name.startswith("otf_flows.")]:
+            if getattr(module, "timed", None) is original_timed:
+                self._patch(module, "timed", timed_factory)
         self._patch(quippy.potential.Potential, "calculate", calc_factory)
         self._patch(quippy.potential.Potential, "__init__", init_factory)
         self._patch(otf_flows.store.OtfStore, "record_time", record_factory)

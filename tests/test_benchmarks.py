@@ -57,6 +57,25 @@ def test_orchestration_overhead_quick(tmp_path):
         assert sum(c["jobs"] for c in r["jobs_by_category"].values()) == s["jobs"]
 
 
+def test_orchestration_scaling_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "orchestration_overhead.py"), "--scaling", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False, env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "orchestration_overhead_scaling_quick.md").read_text().startswith("## ")
+    data = json.loads((tmp_path / "orchestration_overhead_scaling_quick.json").read_text())
+    assert data["quick"] is True and data["benchmark"] == "orchestration_overhead_scaling"
+    runs = data["runs"]
+    assert [r["status"] for r in runs] == ["completed", "completed"] and runs[0]["jobs"] < runs[1]["jobs"]
+    for r in runs:
+        assert r["iteration_jobs"] == 3 * (r["md_steps"] - 10) and r["jobs"] == r["iteration_jobs"] + 4
+        assert all(_positive(r[k]) for k in ("orchestration_ms_per_job", "orchestration_cpu_ms_per_job",
+                                             "last_10pct_ms_per_job", "last_10pct_cpu_ms_per_job"))
+    assert set(data["summary"]) == {"all", "all_cpu", "iter", "iter_cpu", "last", "last_cpu"}
+    assert all(isinstance(v["ms_met"], bool) and v["ratio"] > 0 for v in data["summary"].values())
+
+
 def test_md_throughput_quick(tmp_path):
     data = run_quick("md_throughput.py", tmp_path)
     assert data["systems"]

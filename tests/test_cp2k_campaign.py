@@ -68,6 +68,39 @@ def test_stored_labels_equal_a_direct_cp2k_run(campaign):
     np.testing.assert_allclose(frame.virial, direct["stress"] * units.GPa * atoms.get_volume(), atol=1e-3)
 
 
+def test_stored_cp2k_frames_show_version_scf_steps_and_corrections(campaign):
+    """Each DFT frame keeps the essentials of its atomate2 task document, checked against the run's own files."""
+    import gzip
+    import re
+    from pathlib import Path
+
+    from pymatgen.core import Structure
+
+    _, store = campaign
+    rows = json.loads(run_otf("data", "frames", "si8-cp2k", "--store", str(store), "--json").stdout)
+    assert len(rows) == 6
+    for row in rows:
+        p = row["provenance"]
+        run_dir = Path(p["run_dir"])
+
+        def text(name: str, run_dir: Path = run_dir) -> str:  # atomate2 gzips the outputs after parsing
+            plain = run_dir / name
+            return plain.read_text() if plain.exists() else gzip.open(f"{plain}.gz", "rt").read()
+
+        output = text("cp2k.out")
+        assert p["code"] == "cp2k" and p["code_version"] and p["code_version"] in output
+        assert p["scf_converged"] is True and p["scf_steps"] > 1
+        assert re.findall(r"SCF run converged in\s+(\d+)\s+steps", output)[-1] == str(p["scf_steps"])
+        custodian = json.loads(text("custodian.json"))
+        assert p["corrections"] == [{"errors": c.get("errors"), "actions": c.get("actions")}
+                                    for run in custodian for c in run.get("corrections", [])]
+        assert p["input_set"] == "StaticSetGenerator" and p["input_settings"]["user_input_settings"]
+        assert p["level_of_theory"].startswith("cp2k PBE ") and p["attempts"] == 1
+        assert p["wall_seconds"] > 0 and p["code_seconds"] > 0
+        frame = json.loads(run_otf("data", "frame", row["frame_id"], "--store", str(store)).stdout)
+        assert Structure.from_dict(frame["structure"]).composition.reduced_formula == "Si"
+
+
 def test_cp2k_failure_is_recorded_and_resumable(tmp_path, write_config):
     from otf_flows.store import OtfStore
 

@@ -13,12 +13,19 @@ import pytest
 import yaml
 from fireworks import Firework, FWorker, LaunchPad
 from fireworks.core.rocket_launcher import launch_rocket
+from jobflow import Flow, job
 
 from conftest import run_otf
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import InputError
 from otf_flows.flows.campaign import campaign_flow
-from otf_flows.managers.fireworks import OtfJobStore, campaign_workflow, store_location, submit_campaign
+from otf_flows.managers.fireworks import (
+    OtfJobStore,
+    campaign_workflow,
+    inline_workflow,
+    store_location,
+    submit_campaign,
+)
 from otf_flows.store import OtfStore
 
 KINDS = ("dft", "md", "fit", "light")
@@ -105,7 +112,7 @@ def test_job_store_travels_as_its_location(tmp_path, small_config):
         assert task["job"]["function_args"][1] == location  # make(campaign, store, ...)
         rebuilt = Firework.from_dict(json.loads(json.dumps(as_dict))).tasks[0]["store"]
         assert isinstance(rebuilt, OtfJobStore) and rebuilt.location == location
-    # the rebuilt store is the campaign's embedded store (MontyStore on SQLite under <store>/db)
+    # the rebuilt store is the campaign's embedded store (SQLite under <store>/db)
     rebuilt.connect()
     rebuilt.update({"uuid": "u1", "index": 1, "output": {"x": 1}}, key=["uuid", "index"])
     assert store.jobstore.query_one({"uuid": "u1"})["output"] == {"x": 1}
@@ -177,6 +184,91 @@ def test_campaign_runs_with_one_worker_per_kind(tmp_path, monkeypatch, small_con
         kind = kind_of(fw["name"])
         assert spec_of(fw["spec"]) == expected_spec(kind), fw["name"]
         assert launch["fworker"]["name"] == f"otf-{kind}" and launch["state"] == "COMPLETED"
+
+
+def test_inline_light_jobs_run_in_the_launch_before_them(tmp_path, monkeypatch, small_config, launchpad):
+    """execution.light.inline: no light firework at all, every decide (and validate, finish) runs as a task of
+    the firework before it, in that launch, on that worker; the campaign is the same as with a light worker."""
+    small_config["execution"] = {**EXECUTION, "light": {"inline": True}}
+    config = CampaignConfig.model_validate(small_config)
+    store = OtfStore(str(tmp_path / "store"))
+    result = submit_campaign(config, store, launchpad)
+    rows = {row["name"]: row for row in result["fireworks"]}
+    assert sorted(rows) == ["first fit", "initial reference MD", "ml-md 5->35", "reference check 35 + decide 35"]
+    assert rows["reference check 35 + decide 35"]["inline"] == ["decide 35"]
+    assert rows["reference check 35 + decide 35"]["category"] == "dft"
+
+    # no light worker: dft, md and fit workers run everything, the fireworks the decide jobs add too
+    workers = {kind: FWorker(name=f"otf-{kind}", category=expected_spec(kind)["_category"]) for kind in KINDS}
+    (tmp_path / "launches").mkdir()
+    monkeypatch.chdir(tmp_path / "launches")
+    by_category = {worker.category: worker for worker in workers.values()}
+    ran = []
+    for _ in range(40):
+        ready = launchpad.fireworks.find_one({"state": "READY"}, {"spec._category": 1})
+        if ready is None:
+            break
+        category = ready["spec"]["_category"]
+        assert category != "light"
+        assert launch_rocket(launchpad, by_category[category], strm_lvl="ERROR")
+        ran.append(category)
+    assert not launch_rocket(launchpad, workers["light"], strm_lvl="ERROR")
+
+    doc = store.require_campaign(config.name)
+    assert doc.status == "completed" and doc.step == 60
+    checks, models = store.checks(config.name), store.models(config.name)
+    failed = [c for c in checks if not c.passed]
+    assert len(checks) >= 2 and failed and len(models) == 1 + len(failed)
+    step, interval = config.num_initial_steps, config.check_interval
+    for check in checks:  # the decide jobs ran (inline) and followed the schedule to the end
+        assert check.step == step + min(interval, 60 - step)
+        step, interval = check.step, check.new_interval
+
+    fws = list(launchpad.fireworks.find({}, {"fw_id": 1, "name": 1, "state": 1, "spec": 1}))
+    assert all(fw["state"] == "COMPLETED" for fw in fws) and len(fws) == len(ran)
+    assert not [fw["name"] for fw in fws if fw["spec"]["_category"] == "light"]
+    by_name = {fw["name"]: fw for fw in fws}
+    for check in checks:  # the check's firework ran check then decide, as two tasks of one launch
+        fw = by_name[f"reference check {check.step} + decide {check.step}"]
+        assert [t["job"]["name"] for t in fw["spec"]["_tasks"]] == [f"reference check {check.step}",
+                                                                     f"decide {check.step}"]
+        assert fw["spec"]["_category"] == "dft" and fw["spec"]["_queueadapter"] == EXECUTION["dft"]["queue"]
+        assert all(t["_fw_name"] == "{{otf_flows.managers.fireworks.InlineJobFiretask}}" for t in fw["spec"]["_tasks"])
+    for check in failed:  # validate after the refit ran in the fit's firework (validation.every: refit)
+        fit = next(fw for fw in fws if fw["name"].startswith(f"refit after check {check.step}"))
+        assert fit["spec"]["otf_inline"] == [f"validate after check {check.step}"]
+        assert fit["spec"]["_category"] == "bigmem"
+    # the final validate + finish, emitted by the last decide without a job before them, ran as one firework
+    # on the worker of the firework that emitted them (the last check's: dft)
+    final = by_name["validate final model + finish campaign"]
+    assert final["spec"]["_category"] == "dft" and final["spec"]["otf_inline"] == ["finish campaign"]
+    assert len(launchpad.launches.find({}).distinct("launch_id")) == len(fws)
+    for launch in launchpad.launches.find({}):
+        assert launch["state"] == "COMPLETED" and launch["fworker"]["name"] != "otf-light"
+
+
+def test_inline_host_is_the_parent_all_others_precede(small_config):
+    """The decide job depends on the ML-MD segment and on the check; it joins the check, which follows the segment.
+    A light job whose parents are unordered keeps its own firework."""
+
+    @job
+    def work(*args):
+        return 1
+
+    a, b = work(), work()
+    c = work(a.output)
+    light = work(a.output, c.output)
+    loose = work(a.output, b.output)
+    for j in (light, loose):
+        j.metadata["otf_kind"] = "light"
+    for j, name in ((a, "a"), (b, "b"), (c, "c"), (light, "light"), (loose, "loose")):
+        j.name = name
+    workflow = inline_workflow(Flow([a, b, c, light, loose]), OtfJobStore("/tmp/otf-unused"), {"_category": "x"})
+    names = {fw.name: fw for fw in workflow.fws}
+    assert sorted(names) == ["a", "b", "c + light", "loose"]
+    assert names["loose"].spec["_category"] == "x"  # no host: the emitter's routing
+    assert {p.name for p in names["loose"].parents} == {"a", "b"}
+    assert {p.name for p in names["c + light"].parents} == {"a"}
 
 
 def test_otf_submit_cli(tmp_path, small_config):

@@ -1,4 +1,4 @@
-"""The store on both backends: embedded (MontyStore/SQLite + files) and the MongoDB code path
+"""The store on both backends: embedded (indexed SQLite + files) and the MongoDB code path
 (maggma MemoryStore / mongomock + GridFS), selected by the ``store`` fixture's parameter."""
 
 from __future__ import annotations

@@ -381,13 +381,33 @@ class JobResources(_Strict):
     )
 
 
+class LightResources(JobResources):
+    """Where light jobs (compare + decide, validate, finish) run on a cluster."""
+
+    inline: bool = Field(
+        False, description="FireWorks mode: run each light job in the firework of the job before it (decide after "
+        "the DFT check, on the dft worker; validate after a refit, on the fit worker), so no light worker or queue "
+        "job is needed; a light job with no job before it takes the routing of the job that emitted it.",
+    )
+
+
 class ExecutionSettings(_Strict):
     """Resources per job kind: DFT (initial MD, checks), ML-MD segments, fits, light bookkeeping."""
 
     dft: JobResources = Field(default_factory=JobResources, description="Reference calculations.")
     md: JobResources = Field(default_factory=JobResources, description="ML-MD segments.")
     fit: JobResources = Field(default_factory=JobResources, description="gap_fit.")
-    light: JobResources = Field(default_factory=JobResources, description="Compare + decide, bookkeeping.")
+    light: LightResources = Field(default_factory=LightResources, description="Compare + decide, bookkeeping.")
+    cache_dir: str | None = Field(
+        None, description="Cache directory on the nodes that run jobs (extracted models of a MongoDB store, "
+        "pymatgen's CP2K data); before $OTF_CACHE_DIR, after --cache-dir. Default: <temporary directory>/"
+        "otf_flows-cache-<uid> on each node; never under $HOME.",
+    )
+    scratch_dir: str | None = Field(
+        None, description="Root of the job directories of `otf run` (DFT and gap_fit files), one sub-directory per "
+        "campaign; before $OTF_SCRATCH_DIR, after --scratch-dir. Default: <store>/runs for a store directory, "
+        "else ./otf-runs. FireWorks jobs run in their launch directory (rlaunch's, see launchers/pilot.sh).",
+    )
 
 
 class CampaignConfig(_Strict):
@@ -530,6 +550,10 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             raise ConfigError(f"refit.previous_data: {item!r} does not exist (looked in {base})")
         resolved.append(str(path))
     config.refit.previous_data = resolved
+    for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
+        value = getattr(config.execution, key)
+        if value is not None:
+            setattr(config.execution, key, str((base / value).resolve()))
     return config
 
 

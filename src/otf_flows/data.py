@@ -11,11 +11,14 @@ from ase import Atoms
 from otf_flows.backends.reference import Labels
 from otf_flows.errors import InputError
 from otf_flows.frames import frame_from_labels
-from otf_flows.schemas.documents import FrameDoc
+from otf_flows.schemas.documents import FrameDoc, Provenance
 
 logger = logging.getLogger(__name__)
 
 IMPORT_HASH = "imported"
+LEVEL_OF_THEORY_KEY = "level_of_theory"
+"""extxyz info key with the level of theory of an imported frame (e.g. the label ``otf data frames`` shows
+for a campaign's own frames)."""
 
 
 def _get(atoms: Atoms, key: str, kind: str):
@@ -89,18 +92,30 @@ def read_labelled_xyz(
         validate_atoms(atoms, where)
         config_type = str(atoms.info.get(config_type_key, "default"))
         clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        out.append((clean, Labels(energy, forces, virial), config_type))
+        meta = {"index": i, "level_of_theory": atoms.info.get(LEVEL_OF_THEORY_KEY)}
+        out.append((clean, Labels(energy, forces, virial, meta=meta), config_type))
     return out
 
 
 def frames_from_xyz(path, campaign: str | None = None, source: str = "import", **keys) -> list[FrameDoc]:
-    """Frame documents for every frame of a labelled extxyz file."""
+    """Frame documents for every frame of a labelled extxyz file.
+
+    Each records the file and the frame's index in it; its level of theory is the frame's
+    ``level_of_theory`` info key (:data:`LEVEL_OF_THEORY_KEY`), else "unknown (imported from FILE)".
+    """
     docs = []
+    path = Path(path)
     for atoms, labels, config_type in read_labelled_xyz(path, **keys):
+        level = labels.meta["level_of_theory"]
+        provenance = Provenance(
+            code="file", level_of_theory=str(level) if level else f"unknown (imported from {path.name})",
+            source_file=str(path.resolve()), source_index=labels.meta["index"],
+        )
         docs.append(
             frame_from_labels(
                 atoms, labels, source=source, reference_hash=IMPORT_HASH,
-                reference={"file": str(Path(path).name)}, campaign=campaign, config_type=config_type,
+                reference={"file": str(path.name)}, campaign=campaign, config_type=config_type,
+                provenance=provenance,
             )
         )
     return docs

@@ -8,7 +8,94 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from otf_flows.backends.gap import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
 from otf_flows.backends.reference import Labels
-from otf_flows.schemas.documents import FrameDoc
+from otf_flows.schemas.documents import FrameDoc, Provenance
+
+
+def level_of_theory(reference: dict) -> str:
+    """A short label of the physics of labels made with the stored ``reference`` settings.
+
+    CP2K: functional, basis set, potential, cutoff (and k-points, UKS, smearing when set);
+    VASP: GGA tag, ENCUT, POTCAR functional (and k-points, spin); an ASE calculator: its class
+    name and keyword arguments. Frames with different labels should not train one model.
+    """
+    engine = reference.get("engine")
+    parts: list[str] = []
+    if engine == "cp2k":
+        parts = [reference.get("xc_functional"), reference.get("basis_set"), reference.get("potential"),
+                 f"{reference.get('cutoff_Ry'):g} Ry"]
+        parts += [f"{e}:{b}" for e, b in sorted((reference.get("basis_set_by_element") or {}).items())]
+        if reference.get("electronic_temperature_K"):
+            parts.append(f"smearing {reference['electronic_temperature_K']:g} K")
+        if reference.get("uks"):
+            parts.append("UKS")
+    elif engine == "vasp":
+        parts = [reference.get("gga"), f"ENCUT {reference.get('encut_eV'):g} eV", reference.get("potcar_functional")]
+        if reference.get("spin_polarized"):
+            parts.append("spin")
+    elif engine == "ase":
+        parts = [str(reference.get("calculator", "?")).rpartition(".")[2],
+                 *(f"{k}={v}" for k, v in sorted((reference.get("kwargs") or {}).items()))]
+    elif "file" in reference:
+        return f"unknown (imported from {reference['file']})"
+    else:
+        return "unknown (no reference settings)"
+    kpoints = reference.get("kpoints")
+    if engine in ("cp2k", "vasp") and kpoints and list(kpoints) != [1, 1, 1]:
+        parts.append("k " + "x".join(str(k) for k in kpoints))
+    return " ".join(str(p) for p in (engine, *parts) if p)
+
+
+def frame_level_of_theory(frame: FrameDoc) -> str:
+    """The frame's level of theory (from its settings for frames stored without provenance)."""
+    return frame.provenance.level_of_theory if frame.provenance is not None else level_of_theory(frame.reference)
+
+
+def provenance_from_labels(labels: Labels, reference: dict) -> Provenance:
+    """The provenance of labels computed by a reference engine (``labels.meta``) with ``reference`` settings."""
+    meta = labels.meta
+    code = meta.get("engine") or reference.get("engine") or "unknown"
+    version = meta.get("code_version") or meta.get(f"{code}_version")
+    if code == "ase" and version is None:
+        import ase
+
+        version = ase.__version__
+    return Provenance(
+        code=code, code_version=version, level_of_theory=level_of_theory(reference),
+        calculator=reference.get("calculator") if code == "ase" else None,
+        input_set=meta.get("input_set"), input_settings=meta.get("input_settings") or {},
+        scf_steps=meta.get("scf_steps", meta.get("electronic_steps")), scf_converged=meta.get("scf_converged"),
+        corrections=meta.get("custodian_corrections") or [], attempts=meta.get("attempts"),
+        run_dir=meta.get("directory"), wall_seconds=labels.seconds or None,
+        code_seconds=meta.get(f"{code}_seconds", meta.get("code_seconds")),
+    )
+
+
+def pymatgen_dict(atoms: Atoms) -> dict | None:
+    """``atoms`` as a pymatgen ``Structure.as_dict()`` (any periodic direction) or ``Molecule.as_dict()``;
+    None for a periodic frame without three independent cell vectors (pymatgen cannot hold it).
+
+    Written directly (pymatgen's own ``as_dict`` costs milliseconds per frame); pymatgen's
+    ``from_dict`` reads it back.
+    """
+    symbols = atoms.get_chemical_symbols()
+    xyz = np.asarray(atoms.positions, dtype=float)
+
+    def site(i: int) -> dict:
+        return {"species": [{"element": symbols[i], "occu": 1}], "xyz": xyz[i].tolist(), "label": symbols[i],
+                "properties": {}}
+
+    if not atoms.pbc.any():
+        return {"@module": "pymatgen.core.structure", "@class": "Molecule", "charge": 0.0, "spin_multiplicity": None,
+                "sites": [{**site(i), "name": symbols[i]} for i in range(len(atoms))], "properties": {}}
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    if abs(np.linalg.det(cell)) < 1e-9:
+        return None
+    abc = np.linalg.solve(cell.T, xyz.T).T
+    return {
+        "@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0,
+        "lattice": {"matrix": cell.tolist(), "pbc": [bool(p) for p in atoms.pbc]}, "properties": {},
+        "sites": [{**site(i), "abc": abc[i].tolist()} for i in range(len(atoms))],
+    }
 
 
 def frame_from_labels(
@@ -21,8 +108,10 @@ def frame_from_labels(
     campaign: str | None = None,
     md_step: int | None = None,
     config_type: str = "otf",
+    provenance: Provenance | None = None,
 ) -> FrameDoc:
-    """A frame document for ``atoms`` labelled by ``labels``."""
+    """A frame document for ``atoms`` labelled by ``labels``, with its provenance (by default from
+    ``labels.meta`` and ``reference``) and its structure as a pymatgen dict."""
     virial = None if labels.virial is None else np.asarray(labels.virial, dtype=float).tolist()
     frame_id = FrameDoc.content_hash(
         atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, labels.energy, labels.forces, reference_hash
@@ -42,6 +131,8 @@ def frame_from_labels(
         virial=virial,
         reference_hash=reference_hash,
         reference=reference,
+        provenance=provenance or provenance_from_labels(labels, reference),
+        structure=pymatgen_dict(atoms),
     )
 
 

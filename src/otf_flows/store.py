@@ -2,23 +2,23 @@
 
 Location (``--store``, ``OTF_STORE``, the YAML's ``store:``, else ``./otf-store``):
 
-- a directory: embedded, maggma ``MontyStore`` on SQLite plus content-addressed files;
+- a directory: embedded, :class:`~otf_flows.embedded.EmbeddedStore` (maggma stores on one
+  indexed SQLite file, ``db/otf.sqlite3``) plus content-addressed files;
 - ``mongodb://`` / ``mongodb+srv://``: maggma ``MongoStore`` and ``GridFSStore``;
 - ``memory://NAME``: maggma ``MemoryStore`` (mongomock), the MongoDB code path for tests.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from maggma.stores import MemoryStore, MontyStore
-from montydb import MontyClient, set_storage
+from maggma.stores import MemoryStore
 
+from otf_flows.embedded import EmbeddedStore
 from otf_flows.errors import NotFoundError, StoreError
 from otf_flows.schemas.documents import (
     CampaignDoc,
@@ -45,7 +45,7 @@ COLLECTIONS = {
     "allocations": "allocation_id",
 }
 
-#: fields users query, indexed on MongoDB (montydb has no indexes)
+#: fields users query, indexed on MongoDB (the embedded store indexes every top-level field)
 INDEXES = {
     "frames": ("frame_id", "campaign", "training_in", "md_step", "source"),
     "checks": ("check_id", "campaign", "step"),
@@ -99,7 +99,7 @@ class OtfStore:
         """An unconnected maggma store for one collection on this backend."""
         key = COLLECTIONS.get(collection, "task_id")
         if self.kind == "embedded":
-            return EmbeddedMontyStore(collection, database_path=str(self.path / "db"), database_name="otf", key=key)
+            return EmbeddedStore(collection, database_path=str(self.path / "db"), key=key)
         if self.kind == "memory":
             return MemoryStore(collection_name=f"{self.location}/{collection}", key=key)
         from otf_flows.mongo import mongo_store
@@ -156,7 +156,7 @@ class OtfStore:
             path = self.path / "blobs" / key[:2] / key
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_name(f"{key}.{os.getpid()}.tmp")  # one per writer: same-key writers never mix
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             return key
@@ -384,30 +384,6 @@ class OtfStore:
                     pass
         self._stores.clear()
         self._jobstore = None
-
-
-class EmbeddedMontyStore(MontyStore):
-    """maggma's ``MontyStore`` that writes montydb's storage config once, under a file lock.
-
-    maggma rewrites it on every connect; another process connecting at that moment reads
-    an empty file and fails.
-    """
-
-    def connect(self, force_reset: bool = False):
-        if not self._coll or force_reset:
-            path = Path(self.database_path)
-            path.mkdir(parents=True, exist_ok=True)
-
-            def configured() -> bool:
-                return (path / "monty.storage.cfg").exists() and (path / ".monty.storage").exists()
-
-            if not configured():
-                with open(path / ".otf.lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    if not configured():
-                        set_storage(self.database_path, storage=self.storage, **self.storage_kwargs)
-            client = MontyClient(self.database_path, **self.client_kwargs)
-            self._coll = client[self.database_name][self.collection_name]
 
 
 def _clean(doc: dict) -> dict:

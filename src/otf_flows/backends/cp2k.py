@@ -68,6 +68,8 @@ class Cp2kEngine:
     omp_threads
         ``OMP_NUM_THREADS`` of the CP2K process (the campaign's ``execution.dft.omp_threads``);
         None falls back to ``settings.omp_threads``, then to the environment's.
+    cache_dir
+        Parent of pymatgen's CP2K data directory, made once (None: :func:`otf_flows.dirs.cache_dir`).
 
     Notes
     -----
@@ -78,9 +80,10 @@ class Cp2kEngine:
 
     name = "cp2k"
 
-    def __init__(self, settings: Cp2kReference, omp_threads: int | None = None):
+    def __init__(self, settings: Cp2kReference, omp_threads: int | None = None, cache_dir: Path | None = None):
         self.settings = settings
         self.omp_threads = omp_threads or settings.omp_threads
+        self.cache_dir = cache_dir
 
     @property
     def command(self) -> str:
@@ -114,7 +117,7 @@ class Cp2kEngine:
         workdir = Path(workdir).resolve()
         argv = find_cp2k(self.command)
         command = shlex.join(argv)
-        data_dir = ensure_pmg_cp2k_data(find_cp2k_data(cp2k_program(argv)))
+        data_dir = ensure_pmg_cp2k_data(find_cp2k_data(cp2k_program(argv)), cache=self.cache_dir)
         user_settings = input_settings(self.settings, atoms.get_chemical_symbols(), data_dir)
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
 
@@ -174,7 +177,10 @@ class Cp2kEngine:
             _chdir(directory),
         ):
             response = maker.make.original(maker, structure)
-        return _labels_from_task(response.output, frame, directory)
+        labels = _labels_from_task(response.output, frame, directory)
+        labels.meta.update(input_set=type(generator).__name__, input_settings={
+            "user_input_settings": user_settings, "kpoints": list(self.settings.kpoints)})
+        return labels
 
 
 def input_settings(settings: Cp2kReference, symbols: list[str], data_dir: str | Path) -> dict[str, Any]:
@@ -326,6 +332,7 @@ def _labels_from_task(task_doc, frame: Atoms, directory: Path) -> Labels:
         "directory": str(directory),
         "cp2k_version": calc.cp2k_version,
         "scf_steps": int(_SCF_CONVERGED.findall(output_text)[-1]),
+        "scf_converged": True,  # checked above
         "cp2k_seconds": getattr(calc.output.run_stats, "total_time", None),
         "custodian_corrections": [{"errors": c.get("errors"), "actions": c.get("actions")} for c in corrections],
     }

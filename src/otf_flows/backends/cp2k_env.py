@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from otf_flows import dirs
 from otf_flows.errors import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,9 @@ def find_cp2k_data(executable: str | os.PathLike | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """otf_flows' cache directory: ``$OTF_CACHE_DIR`` or ``~/.cache/otf_flows``."""
-    return Path(os.environ.get("OTF_CACHE_DIR") or Path.home() / ".cache" / "otf_flows").expanduser()
+    """otf_flows' cache directory without a setting or a store: ``$OTF_CACHE_DIR``, else the node's
+    temporary directory (:func:`otf_flows.dirs.cache_dir`)."""
+    return dirs.cache_dir()
 
 
 def ensure_pmg_cp2k_data(source: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:

@@ -190,18 +190,20 @@ class AseEngine:
         raise ReferenceFailedError(f"{self.calculator_path} failed after {self.retries + 1} attempts: {last_error}")
 
 
-def get_engine(settings, omp_threads: int | None = None) -> ReferenceEngine:
+def get_engine(settings, omp_threads: int | None = None, cache_dir: Path | None = None) -> ReferenceEngine:
     """The engine for a validated ``reference`` block of a campaign.
 
     ``omp_threads`` (the campaign's ``execution.dft.omp_threads``) sets ``OMP_NUM_THREADS`` of
     the DFT program, before the engine's own setting (CP2K's ``reference.omp_threads``).
+    ``cache_dir`` is where an engine keeps data it generates once (CP2K: pymatgen's data
+    directory); None: :func:`otf_flows.dirs.cache_dir`.
     """
     if settings.engine == "ase":
         return AseEngine(settings.calculator, settings.kwargs, settings.retries)
     if settings.engine == "cp2k":
         from otf_flows.backends.cp2k import Cp2kEngine
 
-        return Cp2kEngine(settings, omp_threads=omp_threads)
+        return Cp2kEngine(settings, omp_threads=omp_threads, cache_dir=cache_dir)
     if settings.engine == "vasp":
         from otf_flows.backends.vasp import VaspEngine
 

@@ -219,8 +219,9 @@ class VaspEngine:
         """One attempt: atomate2's StaticMaker in ``directory``, then parse and convert."""
         from atomate2.vasp.jobs.core import StaticMaker
 
+        generator = input_set_generator(self.settings)
         maker = StaticMaker(
-            input_set_generator=input_set_generator(self.settings),
+            input_set_generator=generator,
             run_vasp_kwargs={
                 "vasp_cmd": run_command(self.settings.vasp_cmd, "reference.vasp_cmd"),
                 "vasp_gamma_cmd": run_command(self.settings.vasp_gamma_cmd, "reference.vasp_gamma_cmd"),
@@ -231,7 +232,12 @@ class VaspEngine:
         )
         with _chdir(directory):
             response = maker.make.original(maker, _structure(frame, order))
-        return labels_from_task_doc(response.output, frame, order, directory)
+        labels = labels_from_task_doc(response.output, frame, order, directory)
+        labels.meta.update(input_set=type(generator).__name__, input_settings={
+            "user_incar_settings": getattr(generator, "user_incar_settings", None),
+            "kpoints": list(self.settings.kpoints),  # Γ-centred
+            "user_potcar_functional": getattr(generator, "user_potcar_functional", None)})
+        return labels
 
 
 def labels_from_task_doc(task_doc, frame: Atoms, order: np.ndarray, directory: Path) -> Labels:
@@ -266,6 +272,7 @@ def labels_from_task_doc(task_doc, frame: Atoms, order: np.ndarray, directory: P
         "vasp_version": getattr(calc, "vasp_version", None),
         "energy_sigma0": float(step.e_0_energy) if step is not None and step.e_0_energy is not None else None,
         "electronic_steps": step.num_electronic_steps if step is not None else None,
+        "scf_converged": True,  # an unconverged run is not "successful"
         "custodian_corrections": [{"errors": c.get("errors"), "actions": c.get("actions")} for c in corrections],
     }
     return Labels(energy=energy, forces=forces, virial=virial, meta=meta)

@@ -105,4 +105,5 @@ def model_row(m) -> dict:
         "trigger_check_step": m.trigger_check_step,
         "fit_seconds": m.fit_seconds,
         "created_at": m.created_at.isoformat(),
+        "warnings": m.warnings,
     }

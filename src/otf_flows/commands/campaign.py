@@ -43,6 +43,12 @@ def run(
     stop_grace: float = typer.Option(
         60.0, "--stop-grace", min=0, help="Seconds the job running at a stop request (SIGTERM, --stop-after) may "
         "take to finish; then it is abandoned and reruns on --resume."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Cache directory (before execution.cache_dir and $OTF_CACHE_DIR; default "
+        "<tmp>/otf_flows-cache-<uid>)."),
+    scratch_dir: Optional[Path] = typer.Option(
+        None, "--scratch-dir", help="Root of the job directories (before execution.scratch_dir and "
+        "$OTF_SCRATCH_DIR; default <store>/runs, or ./otf-runs for a MongoDB store)."),
 ) -> None:
     """Run a campaign locally (progress bar, then a summary).
 
@@ -56,6 +62,10 @@ def run(
     from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
 
     cfg = load_config(config)
+    if cache_dir is not None:  # stored with the campaign: its jobs read it from there
+        cfg.execution.cache_dir = str(cache_dir.resolve())
+    if scratch_dir is not None:
+        cfg.execution.scratch_dir = str(scratch_dir.resolve())
     st = open_store_arg(store, cfg.store, must_exist=False)
     start = time.perf_counter()
     flow = prepare_campaign(cfg, st, resume=resume, check_engine=True)

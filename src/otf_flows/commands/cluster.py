@@ -91,9 +91,9 @@ def submit(
     kinds = sorted({row["category"] for row in result["fireworks"]})
     sys.stderr.write(
         f"store: {result['store']}\n"
-        f"next: keep one qlaunch loop per category ({', '.join(kinds)}) running (docs/cluster.md), e.g.\n"
-        f"  qlaunch -l {launchpad} -w my_fworker_dft.yaml -q my_qadapter_slurm_dft.yaml "
-        "rapidfire --nlaunches infinite -m 1\n"
+        f"next: start workers for {', '.join(kinds)} (docs/cluster.md, section 4): a pilot allocation,\n"
+        f"  OTF_PILOT_WORKERS=\"{' '.join(kinds)}\" sbatch pilot.slurm   (or qsub -V pilot.pbs)\n"
+        "  or one qlaunch loop per category (-m counts all your jobs in the partition)\n"
         f"watch: lpad -l {launchpad} get_wflows -d more;  otf status {result['campaign']} --store {result['store']}\n"
     )
 

@@ -44,6 +44,54 @@ def data_export(campaign: str = typer.Argument(..., help="Campaign name."),
     typer.echo(f"wrote {len(frames)} training frames of {campaign} to {out}", err=True)
 
 
+def frame_row(frame) -> dict:
+    """A frame as ``otf data frames`` shows it: where it is from and how its labels were made (no arrays)."""
+    from otf_flows.frames import frame_level_of_theory
+
+    prov = frame.provenance
+    return {
+        "frame_id": frame.frame_id, "campaign": frame.campaign, "source": frame.source, "md_step": frame.md_step,
+        "n_atoms": len(frame.numbers), "energy": frame.energy, "training": frame.campaign in frame.training_in,
+        "flags": frame.flags, "level_of_theory": frame_level_of_theory(frame),
+        "code": prov.code if prov else None, "code_version": prov.code_version if prov else None,
+        "scf_steps": prov.scf_steps if prov else None,
+        "n_corrections": len(prov.corrections) if prov else None,
+        "wall_seconds": prov.wall_seconds if prov else None,
+        "run_dir": prov.run_dir if prov else None, "source_file": prov.source_file if prov else None,
+        "provenance": prov.model_dump(mode="json") if prov else None,
+    }
+
+
+@data_app.command("frames")
+def data_frames(campaign: str = typer.Argument(..., help="Campaign name."),
+                source: Optional[str] = typer.Option(None, "--source", help="Only initial_md, check or import frames."),
+                store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """The campaign's labelled frames, by MD step: level of theory, code and version, SCF steps, custodian
+    corrections, run directory and wall time of each reference calculation (``--json``: all of the provenance)."""
+    st = open_store_arg(store)
+    st.require_campaign(campaign)
+    rows = [frame_row(f) for f in st.frames_of(campaign) if source is None or f.source == source]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["md_step", "source", "training", "level_of_theory", "code_version", "scf_steps",
+                           "n_corrections", "wall_seconds", "frame_id"], f"frames of {campaign}")
+
+
+@data_app.command("frame")
+def data_frame(frame_id: str = typer.Argument(..., help="Frame id (otf data frames shows them)."),
+               store: Optional[str] = StoreOpt) -> None:
+    """One frame's whole document as JSON: labels, structure (pymatgen dict) and provenance."""
+    from otf_flows.errors import NotFoundError, StoreError
+
+    st = open_store_arg(store)
+    try:
+        frame = st.get_frames([frame_id])[0]
+    except StoreError:
+        raise NotFoundError(f"frame {frame_id!r} is not in {st.describe()}") from None
+    print_json(frame.model_dump(mode="json"))
+
+
 CampaignArg = typer.Argument(..., help="Campaign name.")
 TrajectoryOut = typer.Argument(..., help="Output extxyz file (its directory must exist).")
 RolledBackOpt = typer.Option(False, "--include-rolled-back",

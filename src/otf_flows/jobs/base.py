@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from otf_flows.campaign import CampaignConfig
+from otf_flows.dirs import cache_dir
 from otf_flows.schemas.documents import LedgerEntry
 from otf_flows.store import OtfStore
 
@@ -38,18 +39,19 @@ def timed(store: OtfStore, campaign: str, kind: str, job: str, entry_id: str, st
     store.record_time(LedgerEntry(campaign=campaign, kind=kind, seconds=seconds, job=job, step=step), entry_id)
 
 
-def model_dir(store: OtfStore, model_id: str) -> Path:
-    """Local directory with the model's files (extracted from the store once)."""
+def model_dir(store: OtfStore, model_id: str, cache: str | Path | None = None) -> Path:
+    """Local directory with the model's files (extracted from the store once).
+
+    A store directory keeps them under ``<store>/models``; for a MongoDB store they go to the
+    cache (:func:`otf_flows.dirs.cache_dir` of ``cache``, the campaign's ``execution.cache_dir``).
+    """
     from otf_flows.backends.gap import unpack_model
 
     model = store.get_model(model_id)
     if store.kind == "embedded":
         dest = store.path / "models" / model_id
     else:
-        import os
-
-        cache = Path(os.environ.get("OTF_CACHE_DIR", Path.home() / ".cache" / "otf_flows"))
-        dest = cache / "models" / model.artifact[:16]
+        dest = cache_dir(cache) / "models" / model.artifact[:16]
     if not (dest / "gap.xml").exists():  # archives are immutable: extracted once, then reused
         dest.parent.mkdir(parents=True, exist_ok=True)
         unpack_model(store.get_blob(model.artifact), dest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,16 +13,29 @@ from otf_flows import progress
 from otf_flows.backends.gap import PRESETS, VIRIAL_KEY, fit_gap, pack_model, split_opts, with_option
 from otf_flows.errors import FitFailedError
 from otf_flows.faults import failpoint
-from otf_flows.frames import frame_to_atoms
+from otf_flows.frames import frame_level_of_theory, frame_to_atoms
 from otf_flows.jobs.base import open_campaign, timed
 from otf_flows.schemas.documents import ModelDoc
 
 logger = logging.getLogger(__name__)
 
 
+def mixed_levels_of_theory(frames) -> str | None:
+    """A warning when ``frames`` come from more than one level of theory (None when they do not)."""
+    levels = Counter(frame_level_of_theory(f) for f in frames)
+    if len(levels) < 2:
+        return None
+    counts = "; ".join(f"{n} from {level}" for level, n in levels.most_common())
+    return f"trained on frames of {len(levels)} levels of theory: {counts}"
+
+
 def register_fit(store, result, frames, *, model_id, version, campaign, parent, trigger, trigger_step, settings):
-    """Store a finished fit's archive and model document."""
+    """Store a finished fit's archive and model document (with a warning, logged and in
+    ``ModelDoc.warnings``, when its training frames mix levels of theory)."""
     artifact = store.put_blob(pack_model(result.model_dir))
+    mixed = mixed_levels_of_theory(frames)
+    if mixed:
+        logger.warning("model %s: %s", model_id, mixed)
     model = ModelDoc(
         model_id=model_id,
         version=version,
@@ -35,6 +49,7 @@ def register_fit(store, result, frames, *, model_id, version, campaign, parent, 
         fit_log_summary=result.log_tail,
         fit_seconds=result.seconds,
         artifact=artifact,
+        warnings=[mixed] if mixed else [],
     )
     store.put_model(model)
     return model

@@ -48,7 +48,7 @@ class MDSegmentMaker(Maker):
         threads = omp_threads("md", config.execution) or config.model.num_threads
         with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
                    start.step), quip_threads(threads):
-            calc = gap_calculator(model_dir(st, model_id) / "gap.xml", cached=True)
+            calc = gap_calculator(model_dir(st, model_id, config.execution.cache_dir) / "gap.xml", cached=True)
             monitor = uncertainty_monitor(st, campaign, config.uncertainty, model_id, calc)
             result = run_segment(
                 state_from_doc(start), calc, config.md, n_steps, config.md.trajectory_interval,

@@ -15,6 +15,7 @@ from jobflow import Maker, job
 from otf_flows import progress
 from otf_flows.backends.reference import RUN_KEYS, Labels, ReferenceEngine, get_engine, settings_hash
 from otf_flows.data import import_previous_data
+from otf_flows.dirs import cache_dir
 from otf_flows.faults import failpoint
 from otf_flows.frames import frame_from_labels
 from otf_flows.jobs.base import open_campaign, timed
@@ -43,9 +44,11 @@ _checked: set[str] = set()
 
 
 def reference_engine(config) -> ReferenceEngine:
-    """The campaign's reference engine with ``execution.dft.omp_threads``, checked once per process and
-    settings: the first DFT job on a node fails with an install hint if the DFT program is not there."""
-    engine = get_engine(config.reference, omp_threads=config.execution.dft.omp_threads)
+    """The campaign's reference engine with ``execution.dft.omp_threads`` and its cache (``execution.cache_dir``,
+    see :func:`otf_flows.dirs.cache_dir`), checked once per process and settings: the first DFT job on a node
+    fails with an install hint if the DFT program is not there."""
+    engine = get_engine(config.reference, omp_threads=config.execution.dft.omp_threads,
+                        cache_dir=cache_dir(config.execution.cache_dir))
     key = settings_hash(config.reference.model_dump(mode="json"))
     if key not in _checked:
         engine.check_available()

@@ -9,7 +9,7 @@ from jobflow import Maker, job
 
 from otf_flows import progress
 from otf_flows.jobs.base import open_campaign, timed
-from otf_flows.validation.evaluate import run_validation, validate_model
+from otf_flows.validation.evaluate import model_calculator, run_validation, validate_model
 from otf_flows.validation.sets import CHECKS, common_untrained_frames, get_validation
 
 logger = logging.getLogger(__name__)
@@ -42,18 +42,19 @@ class ValidateMaker(Maker):
         names = list(settings.benchmarks) + ([CHECKS] if settings.checks else [])
         model = st.get_model(model_id)
         results = {}
+        cache = config.execution.cache_dir
         with timed(st, campaign, "other", self.name, f"{campaign}:validate:{model_id}"):
             for name in names:
                 try:
                     # the check frames grow as the campaign runs: re-validate on them every time
                     cached = None if name == CHECKS else get_validation(st, model_id, name)
-                    results[name] = cached or run_validation(st, model_id, name)
+                    results[name] = cached or run_validation(st, model_id, name, model_calculator(st, model_id, cache))
                 except Exception as err:  # noqa: BLE001 - e.g. no untrained check frames yet
                     logger.info("validation of %s on %s skipped: %s", model_id, name, err)
         chosen = model_id
         gate = settings.promotion
         if gate is not None and model.parent_model_id is not None:
-            model = self._gate(st, model, names, gate)
+            model = self._gate(st, model, names, gate, cache)
             if model.flags and gate.keep_parent:
                 chosen = model.parent_model_id
                 st.update_campaign(campaign, model_id=chosen)
@@ -61,7 +62,7 @@ class ValidateMaker(Maker):
         return {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
 
     @staticmethod
-    def _gate(st, model, names: list[str], gate):
+    def _gate(st, model, names: list[str], gate, cache: str | None = None):
         """Compare the model with its parent on each benchmark's frames that neither was trained on."""
         parent = st.get_model(model.parent_model_id)
         for name in names:
@@ -70,8 +71,8 @@ class ValidateMaker(Maker):
                 logger.info("promotion gate on %s skipped: no frames that neither %s nor %s was trained on",
                             name, model.model_id, parent.model_id)
                 continue
-            new = validate_model(st, model.model_id, frames, name)
-            old = validate_model(st, parent.model_id, frames, name)
+            new = validate_model(st, model.model_id, frames, name, model_calculator(st, model.model_id, cache))
+            old = validate_model(st, parent.model_id, frames, name, model_calculator(st, parent.model_id, cache))
             flag = promotion_verdict(new, old, gate)
             if flag:
                 flag = f"{flag} ({len(frames)} frames neither model was trained on)"

@@ -22,6 +22,7 @@ from jobflow import Flow, Job
 
 from otf_flows.backends.reference import RUN_KEYS
 from otf_flows.campaign import CampaignConfig
+from otf_flows.dirs import runs_dir, scratch_dir
 from otf_flows.errors import InputError
 from otf_flows.faults import failpoint
 from otf_flows.flows.campaign import campaign_flow, resume_flow
@@ -59,8 +60,28 @@ def run_flow(flow: Flow | Job, jobstore, root_dir: Path, stop: Callable[[], str 
                 return n_jobs
             for diversion in (response.replace, response.detour, response.addition):
                 if diversion is not None:
-                    queue.append(diversion if isinstance(diversion, Flow) else Flow(diversion))
+                    diversion = diversion if isinstance(diversion, Flow) else Flow(diversion)
+                    trim_hosts(diversion)
+                    queue.append(diversion)
     return n_jobs
+
+
+KEPT_HOSTS = 2
+"""Innermost hosts :func:`trim_hosts` keeps, besides the outermost (the campaign's flow)."""
+
+
+def trim_hosts(item: Flow | Job) -> None:
+    """Keep the innermost :data:`KEPT_HOSTS` hosts and the outermost one of ``item`` and of all it holds.
+
+    jobflow gives the jobs a job emits its own hosts plus the new flow's, so each iteration of a
+    campaign nests one level deeper: after N iterations every job carries about 2N flow ids,
+    stored in its job document, and storing it costs time in proportion. The order of the kept
+    hosts, innermost first, is jobflow's.
+    """
+    if len(item.hosts) > KEPT_HOSTS + 1:
+        item.hosts = [*item.hosts[:KEPT_HOSTS], item.hosts[-1]]
+    for child in getattr(item, "jobs", ()):
+        trim_hosts(child)
 
 
 def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = False,
@@ -126,7 +147,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
 RESUMABLE_KEYS = frozenset({
     "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
     "uncertainty", "validation", "execution", "md.total_steps", "md.trajectory_interval", "md.guard",
-    "model.num_threads", "refit.train_on", "refit.every_new_labels",
+    "model.num_threads", "refit.train_on", "refit.every_new_labels", "refit.virials",
     *(f"reference.{key}" for key in RUN_KEYS),
 })
 """Keys (top-level or dotted, with everything below them) that ``--resume`` may change: among them
@@ -225,7 +246,7 @@ def run_campaign(config: CampaignConfig, store: OtfStore, flow: Flow | None = No
     """
     if flow is None:
         flow = prepare_campaign(config, store, resume)
-    root = _runs_dir(store, config.name)
+    root = scratch_dir(config.name, store, config.execution.scratch_dir)
     start = time.perf_counter()
     try:
         run_flow(flow, store.jobstore, root, stop=stop)
@@ -252,6 +273,4 @@ def _add_wall(store: OtfStore, name: str, seconds: float, **fields) -> CampaignD
 
 
 def _runs_dir(store: OtfStore, name: str) -> Path:
-    if store.kind == "embedded":
-        return store.path / "runs" / name
-    return Path.cwd() / "otf-runs" / name
+    return runs_dir(store, name)

@@ -21,6 +21,32 @@ class _Doc(BaseModel):
     schema_version: int = Field(SCHEMA_VERSION, description="Version of this document's schema.")
 
 
+class Provenance(BaseModel):
+    """Where a frame's labels come from: the essentials of the reference calculation's task document."""
+
+    code: str = Field(description="What computed the labels: 'cp2k', 'vasp', 'ase' (an ASE calculator), or "
+                      "'file' for frames imported from a file.")
+    code_version: str | None = Field(None, description="Version of the program (CP2K's or VASP's; ASE's for an "
+                                     "ASE calculator).")
+    calculator: str | None = Field(None, description="ASE calculator class (import path), for code 'ase'.")
+    level_of_theory: str = Field(description="Short label of the physics, e.g. 'cp2k PBE DZVP-MOLOPT-SR-GTH "
+                                 "GTH-PBE 300 Ry'; training on frames of different labels warns.")
+    input_set: str | None = Field(None, description="atomate2 input-set generator that wrote the inputs.")
+    input_settings: dict[str, Any] = Field(default_factory=dict, description="The exact settings given to the "
+                                           "input set (atomate2 user_input_settings, k-points).")
+    scf_steps: int | None = Field(None, description="SCF (electronic) steps of the final attempt (count).")
+    scf_converged: bool | None = Field(None, description="Whether the SCF converged (labels are stored only if it did).")
+    corrections: list[dict[str, Any]] = Field(default_factory=list, description="custodian corrections of the "
+                                              "run, each {errors, actions}.")
+    attempts: int | None = Field(None, description="Attempts the engine needed (1: the first succeeded).")
+    run_dir: str | None = Field(None, description="Directory of the calculation that produced the labels.")
+    wall_seconds: float | None = Field(None, description="Wall time of the labelling call, engine included (s).")
+    code_seconds: float | None = Field(None, description="Time the program reports for itself (s; CP2K: its "
+                                       "timing report's total).")
+    source_file: str | None = Field(None, description="Imported frames: the file they were read from (absolute).")
+    source_index: int | None = Field(None, description="Imported frames: index of the frame in that file.")
+
+
 class FrameDoc(_Doc):
     """One reference-labelled structure (training, check or imported frame)."""
 
@@ -43,6 +69,10 @@ class FrameDoc(_Doc):
         default_factory=list,
         description="Why the labels are suspect, e.g. unphysical reference forces; a flagged frame is never trained on.",
     )
+    provenance: Provenance | None = Field(None, description="Where the labels come from (None: stored before "
+                                          "provenance was recorded).")
+    structure: dict[str, Any] | None = Field(None, description="The frame as a pymatgen Structure (periodic) or "
+                                             "Molecule dict (Structure.from_dict); Å.")
     created_at: datetime = Field(default_factory=now)
 
     @staticmethod
@@ -110,6 +140,8 @@ class ModelDoc(_Doc):
     fit_seconds: float = Field(description="Wall time of the fit (s).")
     artifact: str = Field(description="Blob key of the model archive (tar.gz of the XML and sparseX files).")
     flags: list[str] = Field(default_factory=list, description="Warnings, e.g. a failed promotion gate.")
+    warnings: list[str] = Field(default_factory=list, description="Warnings about the training data, e.g. "
+                                "frames of different levels of theory (they do not fail the promotion gate).")
     created_at: datetime = Field(default_factory=now)
 
 

@@ -53,12 +53,12 @@ def predict(calculator, frames: list[FrameDoc]) -> list[Labelled]:
     return out
 
 
-def model_calculator(store, model_id: str):
-    """The ASE calculator of a stored GAP model."""
+def model_calculator(store, model_id: str, cache: str | None = None):
+    """The ASE calculator of a stored GAP model (extracted into ``cache``, see :func:`otf_flows.dirs.cache_dir`)."""
     from otf_flows.backends.gap import gap_calculator
     from otf_flows.jobs.base import model_dir
 
-    return gap_calculator(model_dir(store, model_id) / "gap.xml")
+    return gap_calculator(model_dir(store, model_id, cache) / "gap.xml")
 
 
 def compare_model(store, model_id: str, frames: list[FrameDoc], calculator=None) -> Comparison:
