@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install everything, then run the liquid-silicon campaign with CP2K DFT checks
-# on the embedded store (./otf-store): 12 DFT checks of a liquid-Si GAP at a force tolerance of 0.3 eV/Å
+# on the embedded store (./otf-store): 120 steps of liquid-Si GAP MD, 4-12 CP2K checks (2x2x2 k-points)
+# at a force tolerance of 0.3 eV/Å
 # (see the README for what its output means and how long it takes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
