@@ -411,10 +411,25 @@ def uncertainty_correlation(samples: list[dict], every: int, tol: dict[str, floa
 
 
 # ----------------------------------------------------------------------------- error floor
+def model_errors(calc, frames, ref_calc) -> dict[str, np.ndarray]:
+    """:func:`frame_errors` of the model ``calc`` (not the frames' own calculator) on ``frames``."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    ml = []
+    for f in frames:
+        a = f.copy()
+        a.calc = calc
+        e, forces = a.get_potential_energy(), a.get_forces()
+        b = f.copy()
+        b.calc = SinglePointCalculator(b, energy=e, forces=forces)
+        b.info["md_step"] = f.info["md_step"]
+        ml.append(b)
+    return frame_errors(ml, ref_calc)
+
+
 def error_floor(config, train_frames, test_frames, tol: dict, workdir_: Path) -> dict:
     """A GAP (same descriptor and sigma) trained on reference frames spread over one reference
     trajectory, tested on another seed's: the error level this kind of model reaches."""
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     from otf_flows.backends.gap import PRESETS, fit_gap, gap_calculator
 
@@ -430,17 +445,7 @@ def error_floor(config, train_frames, test_frames, tol: dict, workdir_: Path) ->
 
     descriptor = config.refit.descriptor_str or PRESETS[config.model.preset]
     res = fit_gap(labelled(train_frames), workdir_, config.refit, descriptor)
-    calc = gap_calculator(Path(res.model_dir) / "gap.xml")
-    ml = []
-    for f in test_frames:
-        a = f.copy()
-        a.calc = calc
-        e, forces = a.get_potential_energy(), a.get_forces()
-        b = f.copy()
-        b.calc = SinglePointCalculator(b, energy=e, forces=forces)
-        b.info["md_step"] = f.info["md_step"]
-        ml.append(b)
-    err = frame_errors(ml, reference_calculator(config))
+    err = model_errors(gap_calculator(Path(res.model_dir) / "gap.xml"), test_frames, reference_calculator(config))
     out = outside(err, tol)
     out.pop("ratio", None)
     return {"train_frames": len(train_frames), "test_frames": len(test_frames), **out,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, machine, parser, workdir, write_results  # noqa: E402
+from _common import REPO, command_line, machine, parser, workdir, write_results
 
 NAME = "kpoint_sensitivity"
 PRIOR = REPO / "configs" / "si32-liquid-pbe-prior.xyz"
@@ -118,19 +118,19 @@ def main(argv=None) -> int:
            "loo_force_rmse": {"kpoints": loo_k, "gamma": loo_g,
                               "kpoints_mean": float(np.mean(loo_k)), "gamma_mean": float(np.mean(loo_g))}}
     lines = [f"## Γ point against a {'×'.join(map(str, args.kpoints))} k-grid: liquid Si32, the main job's CP2K settings\n",
-             f"`{res['command']}` — {res['machine']['date_utc']}, load average {res['machine']['load_average_1_5_15']}, "
-             f"commit {res['machine'].get('git_commit')}. Labels: `{res['labels_file']}`.\n",
-             "| prior frame | source | force RMS difference (eV/Å) | max component difference | ΔE (eV/atom) | "
-             "DFT force RMS (eV/Å) | CP2K s (k-grid) | SCF steps |", "|---|---|---|---|---|---|---|---|"]
+             (f"`{res['command']}` — {res['machine']['date_utc']}, load average {res['machine']['load_average_1_5_15']}, "
+             f"commit {res['machine'].get('git_commit')}. Labels: `{res['labels_file']}`.\n"),
+             ("| prior frame | source | force RMS difference (eV/Å) | max component difference | ΔE (eV/atom) | "
+             "DFT force RMS (eV/Å) | CP2K s (k-grid) | SCF steps |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['prior_index']} | {r['source']} | {r['force_rms_difference']:.3f} | {r['force_max_difference']:.2f} | "
                      f"{r['energy_difference_per_atom']:+.4f} | {r['force_rms_kpoints']:.2f} | {r['cp2k_seconds']:.0f} | "
                      f"{r['scf_steps']} |")
     lines += ["", f"Mean force RMS difference Γ vs k-grid: **{res['force_rms_difference_mean']:.3f} eV/Å**.", "",
-              f"Leave-one-out force RMSE of the l-Si GAP on these {len(rows)} frames (train on the others): "
+              (f"Leave-one-out force RMSE of the l-Si GAP on these {len(rows)} frames (train on the others): "
               f"k-grid labels {res['loo_force_rmse']['kpoints_mean']:.3f} eV/Å "
               f"({', '.join(f'{x:.3f}' for x in loo_k)}), Γ labels {res['loo_force_rmse']['gamma_mean']:.3f} eV/Å "
-              f"({', '.join(f'{x:.3f}' for x in loo_g)})."]
+              f"({', '.join(f'{x:.3f}' for x in loo_g)}).")]
     write_results(args.out, NAME, False, res, "\n".join(lines) + "\n")
     return 0
 

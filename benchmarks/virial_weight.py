@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hidden_error as he  # noqa: E402
-from _common import command_line, machine, parser, workdir, write_results  # noqa: E402
+import hidden_error as he
+from _common import command_line, machine, parser, workdir, write_results
 
 NAME = "virial_weight"
 
@@ -45,20 +45,9 @@ def labelled(frames, virials: bool):
 
 
 def evaluate(xml: Path, frames, ref_calc, tol) -> dict:
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     from otf_flows.backends.gap import gap_calculator
 
-    calc, ml = gap_calculator(xml), []
-    for f in frames:
-        a = f.copy()
-        a.calc = calc
-        e, forces = a.get_potential_energy(), a.get_forces()
-        b = f.copy()
-        b.calc = SinglePointCalculator(b, energy=e, forces=forces)
-        b.info["md_step"] = f.info["md_step"]
-        ml.append(b)
-    err = he.frame_errors(ml, ref_calc)
+    err = he.model_errors(gap_calculator(xml), frames, ref_calc)
     out = he.outside(err, tol)
     return {"frames": len(frames), "fraction_outside": out["fraction_outside"],
             **{f"{k}_mean": float(np.mean(err[k])) for k in he.METRICS},
@@ -104,13 +93,13 @@ def main(argv=None) -> int:
     res = {"benchmark": NAME, "quick": args.quick, "command": command_line(), "machine": machine(),
            "benchmark_wall_s": wall, "steps": steps, "train_from_first_steps": int(traj[cut].info["md_step"]),
            "tolerances": tol, "default_sigma": config.refit.default_sigma, "rows": rows}
-    lines = [f"## Virials in the training set under NVT (Cu-Au, EMT)\n",
+    lines = ["## Virials in the training set under NVT (Cu-Au, EMT)\n",
              f"`{res['command']}` — {res['machine']['date_utc']}, commit {res['machine'].get('git_commit')}.\n",
-             f"GAP (benchmark descriptor, default_sigma `{config.refit.default_sigma}`) trained on n frames of "
-             f"the first {res['train_from_first_steps']} steps of a {steps}-step reference MD, tested on its later "
-             f"frames and on another seed's; tolerances {tol}.\n",
-             "| n | virials | later: frmse mean / p99 | later: ediff mean / p99 | later: outside | other seed: frmse mean "
-             "| other seed: ediff mean | other seed: outside |", "|---|---|---|---|---|---|---|---|"]
+             (f"GAP (benchmark descriptor, default_sigma `{config.refit.default_sigma}`) trained on n frames of "
+              f"the first {res['train_from_first_steps']} steps of a {steps}-step reference MD, tested on its later "
+              f"frames and on another seed's; tolerances {tol}.\n"),
+             ("| n | virials | later: frmse mean / p99 | later: ediff mean / p99 | later: outside | other seed: frmse mean "
+              "| other seed: ediff mean | other seed: outside |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["later_same_run"], r["other_seed"]
         lines.append(f"| {r['train_frames']} | {'yes' if r['virials'] else 'no'} | {a['frmse_mean']:.3f} / "
