@@ -43,3 +43,21 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+def store_snapshot(store_dir) -> tuple[dict, dict]:
+    """What a store holds: every document of every collection, and the bytes of every file outside
+    its database directory (blobs, models). The database files themselves are compared through their
+    documents: SQLite rewrites pages and its -wal/-shm files on a mere open or checkpoint."""
+    import hashlib
+
+    from otf_flows.store import COLLECTIONS, OtfStore
+
+    store_dir = Path(store_dir)
+    st = OtfStore(str(store_dir))
+    docs = {name: sorted(str(sorted(d.items())) for d in st.collection(name).query({}))
+            for name in [*COLLECTIONS, "jobs", "jobs_data"]}
+    st.close()
+    files = {str(p.relative_to(store_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(store_dir.rglob("*")) if p.is_file() and "db" not in p.relative_to(store_dir).parts}
+    return docs, files

@@ -6,7 +6,6 @@ Each must fail with exit code 2 and a one-line message, and leave the store byte
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import write
+from conftest import CONFIGS, store_snapshot
 
-from conftest import CONFIGS
 from otf_flows.cli import main
 
 BASE = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
@@ -102,7 +101,7 @@ XYZ_MUTATIONS = {
 
 
 def _snapshot(path):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return store_snapshot(path)
 
 
 @pytest.fixture

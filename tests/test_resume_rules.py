@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import uuid
 from datetime import datetime
 
 import pytest
-from conftest import run_otf
+from conftest import run_otf, store_snapshot
 
 from otf_flows.campaign import config_from_dict
 from otf_flows.errors import InputError
 from otf_flows.managers.local import prepare_campaign, resume_changes, stored_config
 from otf_flows.schemas.documents import CampaignDoc
-from otf_flows.store import COLLECTIONS, OtfStore
+from otf_flows.store import OtfStore
 
 
 def _with(data: dict, key: str, value) -> dict:
@@ -133,15 +132,7 @@ def test_unchanged_resume_records_nothing(cu_config):
     assert doc.changes == [] and doc.interval == 160 and doc.status == "running"
 
 
-def _snapshot(store_dir) -> tuple[dict, dict]:
-    """Every document of every collection, then every file of the store (reading may create empty collections)."""
-    st = OtfStore(str(store_dir))
-    docs = {name: sorted(str(sorted(d.items())) for d in st.collection(name).query({}))
-            for name in [*COLLECTIONS, "jobs", "jobs_data"]}
-    st.close()
-    files = {str(p.relative_to(store_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(store_dir.rglob("*")) if p.is_file()}
-    return docs, files
+_snapshot = store_snapshot
 
 
 def test_resume_with_new_tolerances_and_refits_off(tmp_path, cu_config, write_config):
