@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from otf_flows.campaign import config_from_dict
+from otf_flows.errors import ConfigError
 from otf_flows.managers.local import run_campaign
 from otf_flows.md.segment import UncertaintyMonitor, initial_state, run_segment
 from otf_flows.store import OtfStore
@@ -280,6 +281,26 @@ def test_passed_checks_without_margin_hold_the_interval(tmp_path, cu_config):
     doc = run_campaign(config_from_dict(data), st)
     grown = st.checks("acc-grow")
     assert [c.new_interval for c in grown][:2] == [2 * data["check_interval"], 4 * data["check_interval"]]
+
+
+def test_near_misses_shrink_the_interval_and_stay_passed(tmp_path, cu_config):
+    """adaptive_method_parameters.shrink_above: a pass at >= shrink_above x tolerance shrinks the interval
+    like a failure, without the failure's rollback or refit."""
+    data = _short(cu_config)
+    data["md"]["total_steps"] = 60
+    data["can_update"] = False
+    data["rollback_on_fail"] = True
+    data["tolerances"] = {"ediff": 1.0, "fmax": None, "frmse": None, "vmax": None}  # every check passes
+    data["adaptive_method_parameters"] = {**cu_config["adaptive_method_parameters"], "n_min": 2,
+                                          "grow_below": 1e-9, "shrink_above": 1e-9}
+    st, doc = _run(tmp_path, data)
+    checks = st.checks("acc")
+    assert doc.status == "completed" and len(checks) >= 3 and all(c.passed for c in checks)
+    intervals = [c.new_interval for c in checks]
+    assert intervals[0] == data["check_interval"] // 2 and intervals[-1] == 2  # shrank down to n_min
+    assert not any(c.refit or c.rolled_back_to is not None for c in checks)
+    with pytest.raises(ConfigError, match="shrink_above"):
+        config_from_dict({**data, "adaptive_method_parameters": {"grow_below": 0.8, "shrink_above": 0.7}})
 
 
 @pytest.mark.parametrize(("virials", "ensemble", "vmax", "expected"), [

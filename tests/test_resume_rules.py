@@ -94,7 +94,8 @@ def test_refusal_names_the_first_refused_key_with_both_values(cu_config):
 def test_adaptive_schedule_switched_on_is_one_change(cu_config):
     fixed = dict(cu_config, adaptive_method_parameters=None)
     changed = resume_changes(config_from_dict(fixed), config_from_dict(cu_config))
-    assert changed == {"adaptive_method_parameters": [None, {"n_min": 5, "n_max": 400, "factor": 2.0, "grow_below": 1.0}]}
+    assert changed == {"adaptive_method_parameters": [None, {"n_min": 5, "n_max": 400, "factor": 2.0, "grow_below": 1.0,
+                                                            "shrink_above": 1.0}]}
 
 
 def _registered(cu_config, **fields) -> tuple[OtfStore, CampaignDoc]:

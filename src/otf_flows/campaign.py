@@ -41,6 +41,13 @@ class AdaptiveMethodParameters(_Strict):
         "hybrid-md: every pass grows it). The interval then grows only while the model has room below the "
         "tolerance, so fewer frames between checks exceed it.",
     )
+    shrink_above: float = Field(
+        1.0, gt=0, le=1,
+        description="A passed check whose error reaches shrink_above x its tolerance for any checked quantity "
+        "(a near miss) shrinks the interval as a failed check does, but is not a failure: no rollback, no forced "
+        "refit (fraction, grow_below <= x <= 1; 1.0: off, as hybrid-md). Checks then come sooner while the model "
+        "sits just below the tolerance, where the frames between checks most often exceed it.",
+    )
 
     @field_validator("factor")
     @classmethod
@@ -53,6 +60,8 @@ class AdaptiveMethodParameters(_Strict):
     def _bounds(self):
         if self.n_min > self.n_max:
             raise ValueError(f"n_min ({self.n_min}) must be <= n_max ({self.n_max})")
+        if self.shrink_above < self.grow_below:
+            raise ValueError(f"shrink_above ({self.shrink_above}) must be >= grow_below ({self.grow_below})")
         return self
 
 

@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -83,3 +84,33 @@ def next_interval(
         return FixedSchedule(interval).update(passed)
     schedule = AdaptiveSchedule(n_min=n_min, n_max=n_max, factor=factor, initial=interval)
     return schedule.update(passed)
+
+
+def adapted_interval(interval: int, passed: bool, errors: Mapping[str, float | None],
+                     tolerances: Mapping[str, float | None], params) -> int:
+    """The next checking interval after a check, with the margins of ``adaptive_method_parameters``.
+
+    ``params`` None is the fixed schedule. Otherwise a failed check shrinks the interval; a passed
+    check grows it when every error is below ``grow_below`` × its tolerance, shrinks it when some
+    error reaches ``shrink_above`` × its tolerance (a near miss), and keeps it in between (clamped
+    to ``n_min``…``n_max``). With both fractions 1.0 this is hybrid-md's schedule.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as P
+    >>> p = P(n_min=5, n_max=400, factor=2.0, grow_below=0.7, shrink_above=0.9)
+    >>> tol = {"frmse": 0.3}
+    >>> [adapted_interval(40, True, {"frmse": e}, tol, p) for e in (0.1, 0.25, 0.28)]
+    [80, 40, 20]
+    >>> adapted_interval(40, False, {"frmse": 0.5}, tol, p)
+    20
+    """
+    from otf_flows.checks import within_margin
+
+    if params is None:
+        return next_interval(interval, passed, None, None, None)
+    if passed and within_margin(errors, tolerances, getattr(params, "shrink_above", 1.0)):
+        if not within_margin(errors, tolerances, params.grow_below):
+            return min(max(interval, params.n_min), params.n_max)  # passed without margin: hold
+        return next_interval(interval, True, params.n_min, params.n_max, params.factor)
+    return next_interval(interval, False, params.n_min, params.n_max, params.factor)

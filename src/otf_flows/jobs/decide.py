@@ -9,7 +9,7 @@ import numpy as np
 from jobflow import Flow, Maker, Response, job
 
 from otf_flows import progress
-from otf_flows.checks import error_metrics, passes, within_margin
+from otf_flows.checks import error_metrics, passes
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import open_campaign, timed
@@ -18,7 +18,7 @@ from otf_flows.jobs.md import MDSegmentMaker
 from otf_flows.jobs.reference import ReferenceCheckMaker, state_id
 from otf_flows.jobs.routing import route
 from otf_flows.jobs.validate import ValidateMaker
-from otf_flows.schedule import next_interval
+from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
 
 
@@ -201,13 +201,8 @@ class DecideMaker(Maker):
                 base = max(state.step - start.step, 1) if trigger == "uncertainty" else interval
                 if guard is not None:
                     new_interval = p.n_min if p else interval
-                elif passed and p is not None and not within_margin(errors, config.tolerances.model_dump(),
-                                                                    p.grow_below):
-                    new_interval = min(max(base, p.n_min), p.n_max)  # passed without margin: hold the interval
                 else:
-                    new_interval = next_interval(
-                        base, passed, p.n_min if p else None, p.n_max if p else None, p.factor if p else None
-                    )
+                    new_interval = adapted_interval(base, passed, errors, config.tolerances.model_dump(), p)
                 # unphysical labels teach the model nothing: no refit on them
                 refit = (not passed) and config.can_update and unphysical is None
                 train = unphysical is None and (config.refit.train_on == "all" or refit)
