@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything otf_flows needs on a Debian machine with Python >= 3.10:
-# the package with its Python dependencies, and CP2K (apt) when it is missing and we are root.
+# the package with its Python dependencies, the MACE backend (CPU torch, then mace-torch), and CP2K (apt) when it is missing and we are root.
 # Usage: bash scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,22 @@ extras=""
 
 echo "== otf_flows setup: Python packages"
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+
+# MACE backend (model.backend: mace): the CPU build of torch FIRST, pinned, from PyTorch's CPU index only;
+# mace-torch afterwards finds it satisfied. An unpinned torch (or one mace-torch pulls in) is the
+# multi-GB CUDA build from PyPI. Skip with OTF_NO_MACE=1.
+if [[ "${OTF_NO_MACE:-0}" != "1" ]]; then
+  echo "== MACE backend: torch 2.13.0 (CPU), then mace-torch"
+  # a CPU wheel on this machine's disk (pip's find-links) first: no index is asked, so no network wait;
+  # else PyTorch's CPU index
+  if ! "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps "torch==2.13.0+cpu" \
+      2>/dev/null; then
+    "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" \
+      --index-url https://download.pytorch.org/whl/cpu
+  fi
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[mace]"
+  "$PY" -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'"
+fi
 
 if command -v cp2k.psmp >/dev/null 2>&1 || command -v cp2k >/dev/null 2>&1; then
   echo "== CP2K found: $(command -v cp2k.psmp || command -v cp2k)"

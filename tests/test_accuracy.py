@@ -172,6 +172,11 @@ def test_gap_uncertainty_probe_matches_a_direct_variance_call(campaigns):
     pot2.calculate(atoms, ["energy", "forces"], calc_args="local_gap_variance")
     expected = float(np.sqrt(pot2.extra_results["atoms"]["local_gap_variance"].max()))
     assert result.uncertainty == pytest.approx(expected, rel=1e-8) and expected > 0
+    variance = pot2.extra_results["atoms"]["local_gap_variance"]
+    for measure, value in (("mean_local", np.mean(np.sqrt(variance))), ("total", np.sqrt(variance.sum()))):
+        assert GapUncertainty(model_calculator(st, "acc-v1"), measure).value(atoms) == pytest.approx(value, rel=1e-8)
+    with pytest.raises(ValueError, match="allowed: max_local, mean_local, total"):
+        GapUncertainty(pot2, "median")
 
 
 def test_uncertainty_trigger_in_a_campaign(tmp_path, cu_config):

@@ -129,3 +129,16 @@ def test_unknown_calculator_module(cu_config, write_config, tmp_path):
     result = run_otf("run", str(write_config(cu_config)), "--store", str(tmp_path / "s"))
     assert result.returncode != 0
     assert "no_such_pkg" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stored_config_with_e0_validates_again(cu_config):
+    """With refit.e0 the unused e0_method is left out of the dump, so the stored config (and --resume) loads."""
+    from otf_flows.managers.local import stored_config
+
+    cu_config["refit"] = {**cu_config.get("refit", {}), "e0": {"Cu": -0.25}}
+    cu_config["refit"].pop("e0_method", None)
+    stored = stored_config(config_from_dict(cu_config))
+    assert "e0_method" not in stored["refit"]
+    assert config_from_dict(stored).refit.e0 == {"Cu": -0.25}
+    with pytest.raises(ConfigError, match="e0"):
+        config_from_dict({**stored, "refit": {**stored["refit"], "e0_method": "isolated"}})

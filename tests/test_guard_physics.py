@@ -93,7 +93,7 @@ def test_failed_refit_keeping_the_parent_stops_the_guard_loop(tmp_path, cu_confi
     from otf_flows.jobs import fit
     from otf_flows.managers.local import run_campaign
 
-    real, calls = fit.fit_with_retries, []
+    real, calls = fit.fit_model, []
 
     def first_fit_only(*args, **kwargs):  # the first fit works, every refit fails (parent kept)
         calls.append(1)
@@ -101,7 +101,7 @@ def test_failed_refit_keeping_the_parent_stops_the_guard_loop(tmp_path, cu_confi
             raise FitFailedError("gap_fit failed (test)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fit, "fit_with_retries", first_fit_only)
+    monkeypatch.setattr(fit, "fit_model", first_fit_only)
     data = _small_cu(cu_config, name="refit-fails", can_update=True)
     data["md"]["guard"] = {"min_distance_A": 3.0}  # Cu-Cu neighbours are 2.55 Å apart: trips at once
     config = config_from_dict(data)

@@ -220,7 +220,7 @@ def test_export_model_reads_elements_from_the_model_and_writes_the_final_state(c
 
 
 def test_gap_species_reads_every_descriptor_form(tmp_path):
-    from otf_flows.models import gap_species
+    from otf_flows.backends.gap_backend import gap_species
 
     xml = tmp_path / "gap.xml"
     xml.write_text(

@@ -92,6 +92,18 @@ class Strict(BaseModel):
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
 
+    def as_dict(self) -> dict:
+        """The model in monty's MSON form, so that Makers holding it (jobflow jobs, FireWorks specs)
+        serialise: the fields that were set, which :meth:`from_dict` validates again (validators that
+        look at the keys given, such as ``refit``'s e0 / e0_method, see the same keys)."""
+        return {"@module": type(self).__module__, "@class": type(self).__name__,
+                **self.model_dump(mode="json", exclude_unset=True)}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The model of an :meth:`as_dict` mapping."""
+        return cls.model_validate({k: v for k, v in d.items() if not k.startswith("@")})
+
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing duplicate mapping keys (PyYAML keeps the last one silently)."""

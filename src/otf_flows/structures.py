@@ -1,16 +1,47 @@
-"""The campaign's starting structure, from a file or a builder."""
+"""The campaign's starting structure: from a file, a builder, or given as atoms (ASE or pymatgen)."""
 
 from __future__ import annotations
 
 import numpy as np
 from ase import Atoms
 
-from otf_flows.campaign import StructureBuilder, StructureFile
+from otf_flows.campaign import StructureAtoms, StructureBuilder, StructureFile
 from otf_flows.errors import InputError
 
 
-def build_structure(spec: StructureFile | StructureBuilder) -> Atoms:
+def structure_spec(structure) -> StructureAtoms:
+    """The ``structure`` block of ASE ``Atoms`` or a pymatgen ``Structure`` (species, positions, cell, pbc).
+
+    Raises
+    ------
+    InputError
+        For anything else (a pymatgen ``Molecule`` has no cell: use ASE ``Atoms`` with a box).
+    """
+    if not isinstance(structure, Atoms):
+        try:
+            from pymatgen.core import Structure
+        except ImportError:  # pragma: no cover - pymatgen comes with atomate2
+            Structure = None
+        if Structure is None or not isinstance(structure, Structure):
+            raise InputError(f"structure: expected ASE Atoms or a pymatgen Structure, got {type(structure).__name__}")
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        source = "pymatgen Structure"
+        structure = AseAtomsAdaptor.get_atoms(structure)
+    else:
+        source = "ASE Atoms"
+    return StructureAtoms(
+        numbers=structure.numbers.tolist(), positions=structure.positions.tolist(),
+        cell=structure.cell.array.tolist(), pbc=structure.pbc.tolist(), source=source,
+    )
+
+
+def build_structure(spec: StructureFile | StructureBuilder | StructureAtoms) -> Atoms:
     """Read or build the starting structure; bad files raise :class:`InputError` (one line)."""
+    if isinstance(spec, StructureAtoms):
+        atoms = Atoms(numbers=spec.numbers, positions=spec.positions, cell=spec.cell, pbc=spec.pbc)
+        validate_atoms(atoms, "structure")
+        return atoms
     if isinstance(spec, StructureFile):
         from ase.io import read
 

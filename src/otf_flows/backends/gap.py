@@ -6,23 +6,21 @@ The command line is built by a pure function (:func:`gap_fit_command`); the fit 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 from ase.io import write
 
-from otf_flows.errors import BackendUnavailableError, FitFailedError
+from otf_flows.backends.ml import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, FitResult, pack_dir, unpack_dir
+from otf_flows.errors import BackendUnavailableError, ConfigError, FitFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +67,20 @@ PRESETS: dict[str, str] = {
     ),
 }
 
-ENERGY_KEY = "REF_energy"
-FORCES_KEY = "REF_forces"
-VIRIAL_KEY = "REF_virial"
+
+
+def descriptor_for(preset: str, descriptor_str: str | None = None, numbers=None) -> str:
+    """The gap_fit descriptor string of a fit: ``descriptor_str`` when given, else ``preset``'s.
+
+    ``numbers`` are the atomic numbers of the training data (for species-generic presets).
+    The one place where a preset name becomes a descriptor string.
+    """
+    if descriptor_str:
+        return descriptor_str
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ConfigError(f"model.preset: {preset!r} is not one of {', '.join(PRESETS)}") from None
 
 
 def format_e0(e0) -> str | None:
@@ -156,16 +165,6 @@ def with_option(extra_gap_opts: str, key: str, value) -> str:
     return " ".join([*kept, f"{key}={value}"])
 
 
-@dataclass
-class FitResult:
-    """A finished fit: the directory holding ``gap.xml`` and its sparseX files."""
-
-    model_dir: Path
-    seconds: float
-    command: list[str]
-    log_tail: str
-
-
 def check_gap_fit(executable: str = "gap_fit") -> str:
     """Path of ``gap_fit`` or :class:`BackendUnavailableError` with an install hint."""
     path = shutil.which(executable)
@@ -246,27 +245,12 @@ def _failure_reason(log: Path) -> str:
 
 def pack_model(model_dir: Path) -> bytes:
     """tar.gz of the model directory (XML and sparseX files together)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in sorted(Path(model_dir).iterdir()):
-            tar.add(path, arcname=path.name)
-    return buf.getvalue()
+    return pack_dir(model_dir)
 
 
 def unpack_model(data: bytes, dest: Path) -> Path:
     """Extract a model archive into ``dest`` (once) and return the XML path."""
-    dest = Path(dest)
-    xml = dest / "gap.xml"
-    if not xml.exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    return xml
+    return unpack_dir(data, dest) / "gap.xml"
 
 
 def gap_calculator(xml: Path, cached: bool = False):
@@ -305,17 +289,44 @@ def quip_threads(num_threads: int | None) -> Iterator[None]:
         yield
 
 
+UNCERTAINTY_MEASURES = ("max_local", "mean_local", "total")
+"""How a frame's local-energy variances var_i become one number (eV): ``max_local`` =
+sqrt(max_i var_i), ``mean_local`` = mean_i sqrt(var_i), ``total`` = sqrt(sum_i var_i)."""
+
+
+def uncertainty_measure(variance, measure: str = "max_local") -> float:
+    """One uncertainty (eV) of a frame from its local-energy variances (:data:`UNCERTAINTY_MEASURES`).
+
+    Examples
+    --------
+    >>> [round(uncertainty_measure([0.01, 0.04], m), 3) for m in UNCERTAINTY_MEASURES]
+    [0.2, 0.15, 0.224]
+    """
+    var = np.clip(np.asarray(variance, dtype=float), 0.0, None)
+    if measure == "max_local":
+        return float(np.sqrt(var.max()))
+    if measure == "mean_local":
+        return float(np.mean(np.sqrt(var)))
+    if measure == "total":
+        return float(np.sqrt(var.sum()))
+    raise ValueError(f"unknown uncertainty measure {measure!r}; allowed: {', '.join(UNCERTAINTY_MEASURES)}")
+
+
 class GapUncertainty:
-    """GAP's predicted error of a frame: the largest standard deviation of a local energy,
-    ``sqrt(max_i local_gap_variance_i)`` (eV), from quippy's ``local_gap_variance``.
+    """GAP's predicted error of a frame from quippy's ``local_gap_variance``, reduced to one number
+    by ``measure`` (:func:`uncertainty_measure`; default the largest standard deviation of a local
+    energy, ``sqrt(max_i local_gap_variance_i)``, eV).
 
     ``arm()`` adds ``local_gap_variance`` to the Potential's calc_args so that the next force
     call of the MD step also computes the variance (no extra call); ``value(atoms)`` reads
     it, or computes energy, forces and variance at once if the last call did not.
     """
 
-    def __init__(self, potential):
+    def __init__(self, potential, measure: str = "max_local"):
+        if measure not in UNCERTAINTY_MEASURES:
+            raise ValueError(f"unknown uncertainty measure {measure!r}; allowed: {', '.join(UNCERTAINTY_MEASURES)}")
         self.potential = potential
+        self.measure = measure
         self._base = potential.calc_args or ""
 
     def arm(self) -> None:
@@ -335,7 +346,7 @@ class GapUncertainty:
             finally:
                 self.disarm()
             variance = pot.extra_results["atoms"]["local_gap_variance"]
-        return float(np.sqrt(max(float(np.max(variance)), 0.0)))
+        return uncertainty_measure(variance, self.measure)
 
 
 _POTENTIALS: dict[str, object] = {}

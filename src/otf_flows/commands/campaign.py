@@ -56,12 +56,11 @@ def run(
     jobs and exits with code 3: continue with `otf run CONFIG --resume` (otf submit --batch
     scripts do). A second SIGTERM abandons the running job at once.
     """
-    from otf_flows import progress
-    from otf_flows.campaign import load_config
+    from otf_flows import OtfMDMaker, progress
     from otf_flows.managers.local import prepare_campaign, run_campaign
     from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
 
-    cfg = load_config(config)
+    cfg = OtfMDMaker.from_yaml(config).campaign_config()  # the settings an OtfMDMaker of this YAML carries
     if cache_dir is not None:  # stored with the campaign: its jobs read it from there
         cfg.execution.cache_dir = str(cache_dir.resolve())
     if scratch_dir is not None:

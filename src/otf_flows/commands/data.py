@@ -165,6 +165,7 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
 
     from otf_flows._config_base import load_yaml
     from otf_flows.backends.gap import PRESETS
+    from otf_flows.backends.ml_settings import GapModel
     from otf_flows.campaign import Refit
     from otf_flows.data import frames_from_xyz
     from otf_flows.models import fit_and_register
@@ -197,7 +198,7 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
     frames = frames_from_xyz(train, energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
                              config_type_key=config_type_key)
     st = open_store_arg(store, must_exist=False)
-    model = fit_and_register(st, frames, refit, out, preset=preset, model_id=name)
+    model = fit_and_register(st, frames, refit, out, model=GapModel(preset=preset), model_id=name)
     if as_json:
         print_json(model_row(model))
     else:
@@ -241,8 +242,8 @@ def benchmark_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> 
 def export_model(model_id: str = typer.Argument(..., help="Model id."),
                  dest: Path = typer.Argument(..., help="Directory (new or empty)."),
                  store: Optional[str] = StoreOpt) -> None:
-    """Model files for stand-alone MD: GAP XML + sparseX, a LAMMPS snippet, an ASE example and the
-    campaign's final state as a LAMMPS data file (units metal)."""
+    """Model files for stand-alone MD (GAP: XML + sparseX; MACE: mace.model and a pair_style mace model),
+    a LAMMPS snippet, an ASE example and the campaign's final state as a LAMMPS data file (units metal)."""
     from otf_flows.models import LAMMPS_DATA
     from otf_flows.models import export_model as export
 

@@ -2,6 +2,8 @@
 
 Only one iteration exists in the graph at a time: every compare + decide job adds the
 next one through ``Response.addition``, so the graph never grows with the campaign length.
+Every job's Maker carries the campaign's settings (``config``) and passes them on to the
+jobs it emits; jobs find the store by its location only.
 """
 
 from __future__ import annotations
@@ -17,29 +19,38 @@ from otf_flows.jobs.validate import ValidateMaker
 from otf_flows.schemas.documents import CampaignDoc
 
 
-def campaign_flow(config: CampaignConfig, store: str) -> Flow:
-    """The whole campaign from scratch: initial data, first fit (unless ``model.initial_model``), first iteration."""
+def job_config(config: CampaignConfig) -> CampaignConfig:
+    """``config`` as the jobs carry it: without ``store`` (jobs get the store's location as an argument,
+    and a MongoDB URI with credentials must not travel into job documents or a LaunchPad)."""
+    return config if config.store is None else config.model_copy(update={"store": None})
+
+
+def campaign_flow(config: CampaignConfig, store: str, after=None) -> Flow:
+    """The whole campaign from scratch: initial data, first fit (unless ``model.initial_model``), first iteration.
+
+    ``after`` (an output reference) orders the initial job after another job, e.g. the one registering the campaign.
+    """
+    config = job_config(config)
     campaign, initial_model = config.name, config.model.initial_model
     execution = config.execution
-    initial = route(InitialMDMaker().make(campaign, store), "dft", execution)
+    initial = route(InitialMDMaker(config=config).make(campaign, store, after=after), "dft", execution)
     jobs = [initial]
     model = initial_model
     if initial_model is None:
-        fit = route(RefitMaker().make(campaign, store, after=initial.output["state_id"]), "fit", execution)
+        fit = route(RefitMaker(config=config).make(campaign, store, after=initial.output["state_id"]), "fit",
+                    execution)
         fit.name = "first fit"
         jobs.append(fit)
         model = fit.output["model_id"]
-    first = iteration_flow(
-        campaign, store, initial.output["state_id"], model, config.num_initial_steps, config.check_interval,
-        config.md.total_steps, execution,
-    )
-    jobs.append(first)
+    jobs.append(iteration_flow(config, store, initial.output["state_id"], model, config.num_initial_steps,
+                               config.check_interval))
     return Flow(jobs, name=f"otf campaign {campaign}")
 
 
 def resume_flow(doc: CampaignDoc, store: str) -> Flow:
-    """Continue a campaign from its progress pointer in the store."""
-    config = CampaignConfig.model_validate(doc.config)
+    """Continue a campaign from its progress pointer in the store, with the settings stored in ``doc``
+    (those of the resuming run: ``--resume`` stores the accepted changes before building this flow)."""
+    config = job_config(CampaignConfig.model_validate(doc.config))
     total = config.md.total_steps
     if doc.state_id is None:
         return campaign_flow(config, store)
@@ -47,15 +58,17 @@ def resume_flow(doc: CampaignDoc, store: str) -> Flow:
     model = doc.model_id
     if doc.model_id is None or doc.pending_refit is not None:
         fit = route(
-            RefitMaker().make(doc.name, store, parent_model_id=doc.model_id, trigger_check_id=doc.pending_refit),
+            RefitMaker(config=config).make(doc.name, store, parent_model_id=doc.model_id,
+                                           trigger_check_id=doc.pending_refit),
             "fit", config.execution,
         )
         jobs.append(fit)
         model = fit.output["model_id"]
     if doc.step >= total:
-        final = route(ValidateMaker().make(doc.name, store, model), "light", config.execution)
-        jobs += [final, route(FinishMaker().make(doc.name, store, final.output["model_id"]), "light", config.execution)]
+        final = route(ValidateMaker(config=config).make(doc.name, store, model), "light", config.execution)
+        jobs += [final, route(FinishMaker(config=config).make(doc.name, store, final.output["model_id"]), "light",
+                              config.execution)]
     else:
         interval = doc.interval or config.check_interval
-        jobs.append(iteration_flow(doc.name, store, doc.state_id, model, doc.step, interval, total, config.execution))
+        jobs.append(iteration_flow(config, store, doc.state_id, model, doc.step, interval))
     return Flow(jobs, name=f"otf campaign {doc.name} (resumed at step {doc.step})")

@@ -1,4 +1,4 @@
-"""What every campaign job shares: opening the store, reading the config, timing."""
+"""What every campaign job shares: opening the store, its settings, timing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from otf_flows.backends.ml import get_backend
 from otf_flows.campaign import CampaignConfig
 from otf_flows.dirs import cache_dir
 from otf_flows.schemas.documents import LedgerEntry
@@ -14,13 +15,29 @@ from otf_flows.store import OtfStore
 _open_stores: dict[str, OtfStore] = {}
 
 
-def open_campaign(campaign: str, store: str) -> tuple[OtfStore, CampaignConfig]:
-    """The store (cached per process) and the campaign's validated configuration."""
+def open_store(store: str) -> OtfStore:
+    """The store at location ``store``, cached per process."""
     if store not in _open_stores:
         _open_stores[store] = OtfStore(store)
-    otf_store = _open_stores[store]
+    return _open_stores[store]
+
+
+def open_campaign(campaign: str, store: str) -> tuple[OtfStore, CampaignConfig]:
+    """The store (cached per process) and the campaign's validated configuration read from it."""
+    otf_store = open_store(store)
     doc = otf_store.require_campaign(campaign)
     return otf_store, CampaignConfig.model_validate(doc.config)
+
+
+def job_settings(config: CampaignConfig | None, campaign: str, store: str) -> tuple[OtfStore, CampaignConfig]:
+    """The store and a job's settings: its Maker's ``config``, set when the flow was built.
+
+    Only a job serialised before Makers carried their settings (``config`` None, e.g. a firework
+    of an older workflow still in a LaunchPad) reads them from the store by campaign name.
+    """
+    if config is None:
+        return open_campaign(campaign, store)
+    return open_store(store), config
 
 
 def forget_stores() -> None:
@@ -45,14 +62,13 @@ def model_dir(store: OtfStore, model_id: str, cache: str | Path | None = None) -
     A store directory keeps them under ``<store>/models``; for a MongoDB store they go to the
     cache (:func:`otf_flows.dirs.cache_dir` of ``cache``, the campaign's ``execution.cache_dir``).
     """
-    from otf_flows.backends.gap import unpack_model
-
     model = store.get_model(model_id)
+    backend = get_backend(model.backend)
     if store.kind == "embedded":
         dest = store.path / "models" / model_id
     else:
         dest = cache_dir(cache) / "models" / model.artifact[:16]
-    if not (dest / "gap.xml").exists():  # archives are immutable: extracted once, then reused
+    if not (dest / backend.model_file).exists():  # archives are immutable: extracted once, then reused
         dest.parent.mkdir(parents=True, exist_ok=True)
-        unpack_model(store.get_blob(model.artifact), dest)
+        backend.unpack(store.get_blob(model.artifact), dest)
     return dest

@@ -9,10 +9,11 @@ import numpy as np
 from jobflow import Flow, Maker, Response, job
 
 from otf_flows import progress
+from otf_flows.campaign import CampaignConfig
 from otf_flows.checks import error_metrics, passes
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
-from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
 from otf_flows.jobs.reference import ReferenceCheckMaker, state_id
@@ -22,20 +23,20 @@ from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
 
 
-def iteration_flow(
-    campaign: str, store: str, state_id: str, model_id, step: int, interval: int, total_steps: int, execution
-) -> Flow:
-    """One iteration: ML-MD segment → reference check → compare + decide.
+def iteration_flow(config: CampaignConfig, store: str, state_id: str, model_id, step: int, interval: int) -> Flow:
+    """One iteration: ML-MD segment → reference check → compare + decide, each Maker carrying ``config``.
 
-    ``interval`` is the schedule's interval; the segment is cut at ``total_steps``.
-    ``execution`` (the campaign's resources per job kind) routes each job.
+    ``interval`` is the schedule's interval; the segment is cut at ``config.md.total_steps``.
+    ``config.execution`` (the campaign's resources per job kind) routes each job.
     """
-    n_steps = min(interval, total_steps - step)
-    md = route(MDSegmentMaker().make(campaign, store, state_id, model_id, n_steps), "md", execution)
+    campaign, execution = config.name, config.execution
+    n_steps = min(interval, config.md.total_steps - step)
+    md = route(MDSegmentMaker(config=config).make(campaign, store, state_id, model_id, n_steps), "md", execution)
     md.name = f"ml-md {step}->{step + n_steps}"
-    check = route(ReferenceCheckMaker().make(campaign, store, md.output), "dft", execution)
+    check = route(ReferenceCheckMaker(config=config).make(campaign, store, md.output), "dft", execution)
     check.name = f"reference check {step + n_steps}"
-    decide = route(DecideMaker().make(campaign, store, md.output, check.output, interval, n_steps), "light", execution)
+    decide = route(DecideMaker(config=config).make(campaign, store, md.output, check.output, interval, n_steps),
+                   "light", execution)
     decide.name = f"decide {step + n_steps}"
     return Flow([md, check, decide], name=f"iteration {step + n_steps}")
 
@@ -153,10 +154,11 @@ class FinishMaker(Maker):
     """Mark the campaign completed."""
 
     name: str = "finish campaign"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
     def make(self, campaign: str, store: str, model_id: str):
-        st, _ = open_campaign(campaign, store)
+        st, _ = job_settings(self.config, campaign, store)
         st.update_campaign(campaign, status="completed", model_id=model_id, message=None)
         progress.emit("finished", model_id=model_id)
         return {"model_id": model_id}
@@ -176,10 +178,11 @@ class DecideMaker(Maker):
     """
 
     name: str = "compare and decide"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
     def make(self, campaign: str, store: str, segment: dict, check: dict, interval: int, n_steps: int):
-        st, config = open_campaign(campaign, store)
+        st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
         check_id = f"{campaign}:check:{state.step}:{state.model_id}"
         doc = st.get_check(check_id)
@@ -243,14 +246,14 @@ class DecideMaker(Maker):
         next_model = doc.new_model_id or doc.model_id
         if pending:
             fit = route(
-                RefitMaker().make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id),
+                RefitMaker(config=config).make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id),
                 "fit", config.execution,
             )
             fit.name = f"refit after check {state.step}"
             jobs.append(fit)
             next_model = fit.output["model_id"]
             if _validate_now(config.validation, st, campaign):
-                validate = route(ValidateMaker().make(campaign, store, next_model), "light", config.execution)
+                validate = route(ValidateMaker(config=config).make(campaign, store, next_model), "light", config.execution)
                 validate.name = f"validate after check {state.step}"
                 jobs.append(validate)
                 if config.validation.promotion is not None and config.validation.promotion.keep_parent:
@@ -260,14 +263,12 @@ class DecideMaker(Maker):
         total = config.md.total_steps
         if resume_step < total:
             jobs.append(
-                iteration_flow(
-                    campaign, store, resume_id, next_model, resume_step, doc.new_interval, total, config.execution
-                )
+                iteration_flow(config, store, resume_id, next_model, resume_step, doc.new_interval)
             )
         else:
-            final = route(ValidateMaker().make(campaign, store, next_model), "light", config.execution)
+            final = route(ValidateMaker(config=config).make(campaign, store, next_model), "light", config.execution)
             final.name = "validate final model"
-            jobs += [final, route(FinishMaker().make(campaign, store, final.output["model_id"]), "light",
+            jobs += [final, route(FinishMaker(config=config).make(campaign, store, final.output["model_id"]), "light",
                                   config.execution)]
         output = doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "model_id"})
         return Response(output=output, addition=Flow(jobs, name=f"after check {state.step}"))

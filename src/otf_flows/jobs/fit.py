@@ -1,4 +1,4 @@
-"""The refit job: ``gap_fit`` from scratch on all training data of the campaign."""
+"""The refit job: the campaign's ML backend fits a new model version on all its training data."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.gap import PRESETS, VIRIAL_KEY, fit_gap, pack_model, split_opts, with_option
+from otf_flows.backends.ml import VIRIAL_KEY, get_backend
+from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import FitFailedError
 from otf_flows.faults import failpoint
 from otf_flows.frames import frame_level_of_theory, frame_to_atoms
-from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.jobs.base import job_settings, model_dir, timed
 from otf_flows.schemas.documents import ModelDoc
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,11 @@ def mixed_levels_of_theory(frames) -> str | None:
     return f"trained on frames of {len(levels)} levels of theory: {counts}"
 
 
-def register_fit(store, result, frames, *, model_id, version, campaign, parent, trigger, trigger_step, settings):
-    """Store a finished fit's archive and model document (with a warning, logged and in
+def register_fit(store, result, frames, *, model_id, version, campaign, parent, trigger, trigger_step, settings,
+                 backend: str = "gap"):
+    """Store a finished fit's archive and model document of ``backend`` (with a warning, logged and in
     ``ModelDoc.warnings``, when its training frames mix levels of theory)."""
-    artifact = store.put_blob(pack_model(result.model_dir))
+    artifact = store.put_blob(get_backend(backend).pack(result.model_dir))
     mixed = mixed_levels_of_theory(frames)
     if mixed:
         logger.warning("model %s: %s", model_id, mixed)
@@ -40,12 +42,13 @@ def register_fit(store, result, frames, *, model_id, version, campaign, parent, 
         model_id=model_id,
         version=version,
         campaign=campaign,
+        backend=backend,
         parent_model_id=parent,
         training_frame_ids=[f.frame_id for f in frames],
         n_training_frames=len(frames),
         trigger_check_id=trigger,
         trigger_check_step=trigger_step,
-        fit_settings={"command": result.command[1:], **settings},
+        fit_settings={"command": result.command[1:], **settings, **result.meta},
         fit_log_summary=result.log_tail,
         fit_seconds=result.seconds,
         artifact=artifact,
@@ -56,7 +59,7 @@ def register_fit(store, result, frames, *, model_id, version, campaign, parent, 
 
 
 def training_atoms(frames, virials: bool) -> list:
-    """The frames as gap_fit training structures, without their virials unless ``virials``."""
+    """The frames as training structures (labels in ``REF_*`` keys), without their virials unless ``virials``."""
     atoms = [frame_to_atoms(f) for f in frames]
     if not virials:
         for a in atoms:
@@ -74,6 +77,7 @@ class RefitMaker(Maker):
     """
 
     name: str = "refit"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
     def make(
@@ -84,19 +88,21 @@ class RefitMaker(Maker):
         trigger_check_id: str | None = None,
         after=None,
     ):
-        st, config = open_campaign(campaign, store)
+        st, config = job_settings(self.config, campaign, store)
         existing = st.find_model({"campaign": campaign, "trigger_check_id": trigger_check_id})
         if existing is None:
             check = st.get_check(trigger_check_id) if trigger_check_id else None
             frames = st.training_frames(campaign)
             version = len(st.models(campaign)) + 1
             model_id = f"{campaign}-v{version}"
-            descriptor = config.refit.descriptor_str or PRESETS[config.model.preset]
+            backend = get_backend(config.model.backend)
+            parent_dir = _parent_dir(st, parent_model_id, backend.name, config.execution.cache_dir)
             with timed(st, campaign, "fit", self.name, f"{campaign}:fit:{model_id}"):
                 try:
-                    result, refit_used, descriptor = fit_with_retries(
-                        training_atoms(frames, config.trains_on_virials), Path.cwd() / f"fit_{model_id}", config.refit,
-                        descriptor, config.execution.fit.omp_threads or config.model.num_threads, config.md.seed,
+                    result = fit_model(
+                        backend, training_atoms(frames, config.trains_on_virials), Path.cwd() / f"fit_{model_id}",
+                        config.model, config.refit, parent_dir=parent_dir,
+                        num_threads=config.execution.fit.omp_threads or config.model.num_threads, seed=config.md.seed,
                     )
                 except FitFailedError as err:
                     if parent_model_id is None:
@@ -106,7 +112,7 @@ class RefitMaker(Maker):
             existing = register_fit(
                 st, result, frames, model_id=model_id, version=version, campaign=campaign,
                 parent=parent_model_id, trigger=trigger_check_id, trigger_step=check.step if check else None,
-                settings={"descriptor_str": descriptor, **refit_used.model_dump(mode="json", exclude={"previous_data"})},
+                settings=result.settings, backend=backend.name,
             )
         if trigger_check_id:
             check = st.get_check(trigger_check_id)
@@ -127,39 +133,20 @@ class RefitMaker(Maker):
         return {"model_id": parent_model_id, "refit_error": str(err)}
 
 
-def _fewer_sparse(descriptor: str) -> str:
-    """The descriptor string with every n_sparse halved (at least 1)."""
-    import re
-
-    return re.sub(r"n_sparse\s*=\s*(\d+)", lambda m: f"n_sparse={max(1, int(m.group(1)) // 2)}", descriptor)
-
-
-def fit_with_retries(frames, workdir: Path, refit, descriptor: str, num_threads: int | None, seed: int | None = 1):
-    """gap_fit, then on failure a larger ``sparse_jitter``, then also fewer sparse points.
-
-    Returns the result with the refit settings and descriptor that worked; raises the last
-    :class:`FitFailedError` if all three attempts fail.
-    """
-    jitter = _jitter(refit.extra_gap_opts)
-    larger = max(jitter * 100.0, 1.0e-6)
-    bigger_jitter = refit.model_copy(update={"extra_gap_opts": with_option(refit.extra_gap_opts, "sparse_jitter", larger)})
-    attempts = [(refit, descriptor), (bigger_jitter, descriptor), (bigger_jitter, _fewer_sparse(descriptor))]
-    error = None
-    for i, (settings, desc) in enumerate(attempts):
-        try:
-            return fit_gap(frames, workdir / f"attempt_{i}", settings, desc, num_threads, seed), settings, desc
-        except FitFailedError as err:
-            logger.warning("gap_fit attempt %d failed: %s", i + 1, err)
-            error = err
-    raise error
+def fit_model(backend, frames, workdir: Path, model, refit, *, parent_dir: Path | None = None,
+              num_threads: int | None = None, seed: int | None = 1):
+    """``backend``'s fit of ``frames`` in ``workdir`` (a backend retries as it sees fit: GAP with a
+    larger sparse_jitter, then fewer sparse points); raises :class:`FitFailedError`."""
+    return backend.fit(frames, workdir, model, refit, parent_dir=parent_dir, num_threads=num_threads, seed=seed)
 
 
-def _jitter(extra_gap_opts: str) -> float:
-    for opt in split_opts(extra_gap_opts):
-        key, _, value = opt.partition("=")
-        if key.strip() == "sparse_jitter":
-            try:
-                return float(value)
-            except ValueError:
-                break
-    return 1.0e-8
+def _parent_dir(store, parent_model_id: str | None, backend: str, cache) -> Path | None:
+    """The extracted parent model a fit of ``backend`` may continue from (None: none, or another backend's)."""
+    if parent_model_id is None:
+        return None
+    parent = store.get_model(parent_model_id)
+    if parent.backend != backend:
+        logger.info("parent %s is a %s model: the %s fit starts from scratch", parent_model_id, parent.backend,
+                    backend)
+        return None
+    return model_dir(store, parent_model_id, cache)

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.gap import GapUncertainty, gap_calculator, quip_threads
+from otf_flows.backends.ml import get_backend
+from otf_flows.campaign import CampaignConfig
+from otf_flows.errors import ConfigError
 from otf_flows.faults import failpoint
-from otf_flows.jobs.base import model_dir, open_campaign, timed
+from otf_flows.jobs.base import job_settings, model_dir, timed
 from otf_flows.jobs.reference import state_doc, state_from_doc, state_id
 from otf_flows.jobs.routing import omp_threads
 from otf_flows.md.guard import make_guard
@@ -26,10 +28,11 @@ class MDSegmentMaker(Maker):
     """
 
     name: str = "ml-md segment"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
     def make(self, campaign: str, store: str, start_state_id: str, model_id: str, n_steps: int):
-        st, config = open_campaign(campaign, store)
+        st, config = job_settings(self.config, campaign, store)
         start = st.get_state(start_state_id)
         done = st.find_state(state_id(campaign, start.step + n_steps, model_id))
         if done is None or done.start_state_id != start_state_id:
@@ -46,10 +49,11 @@ class MDSegmentMaker(Maker):
             failpoint("md.step")
 
         threads = omp_threads("md", config.execution) or config.model.num_threads
+        backend = get_backend(st.get_model(model_id).backend)
         with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
-                   start.step), quip_threads(threads):
-            calc = gap_calculator(model_dir(st, model_id, config.execution.cache_dir) / "gap.xml", cached=True)
-            monitor = uncertainty_monitor(st, campaign, config.uncertainty, model_id, calc)
+                   start.step), backend.threads(threads):
+            calc = backend.calculator(model_dir(st, model_id, config.execution.cache_dir), cached=True)
+            monitor = uncertainty_monitor(st, campaign, config.uncertainty, model_id, calc, backend)
             result = run_segment(
                 state_from_doc(start), calc, config.md, n_steps, config.md.trajectory_interval,
                 guard=make_guard(config.md.guard, config.md.temperature_K), progress=on_step,
@@ -86,12 +90,16 @@ def calibrated_threshold(store, campaign: str, settings, model_id: str) -> float
     return settings.calibrate_factor * max(own) if own else None
 
 
-def uncertainty_monitor(store, campaign: str, settings, model_id: str, calc) -> UncertaintyMonitor | None:
-    """The segment's uncertainty monitor from ``uncertainty`` settings (None when disabled)."""
+def uncertainty_monitor(store, campaign: str, settings, model_id: str, calc, backend) -> UncertaintyMonitor | None:
+    """The segment's uncertainty monitor from ``uncertainty`` settings (None when disabled), with
+    ``backend``'s probe of ``calc``; a :class:`ConfigError` when the backend has no uncertainty."""
     if not settings.enabled:
         return None
+    probe = backend.uncertainty(calc, settings)
+    if probe is None:
+        raise ConfigError(f"uncertainty.enabled: model.backend {backend.name} has no uncertainty; set enabled: false")
     return UncertaintyMonitor(
-        probe=GapUncertainty(calc), every=settings.every,
+        probe=probe, every=settings.every,
         threshold=calibrated_threshold(store, campaign, settings, model_id), min_steps=settings.min_steps,
     )
 

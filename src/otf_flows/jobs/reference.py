@@ -14,11 +14,12 @@ from jobflow import Maker, job
 
 from otf_flows import progress
 from otf_flows.backends.reference import RUN_KEYS, Labels, ReferenceEngine, get_engine, settings_hash
+from otf_flows.campaign import CampaignConfig
 from otf_flows.data import import_previous_data
 from otf_flows.dirs import cache_dir
 from otf_flows.faults import failpoint
 from otf_flows.frames import frame_from_labels
-from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.jobs.base import job_settings, timed
 from otf_flows.md.segment import MDState, initial_state, run_segment
 from otf_flows.schemas.documents import FrameDoc, StateDoc
 from otf_flows.structures import build_structure
@@ -177,14 +178,15 @@ class InitialMDMaker(Maker):
     """Starting state, imported ``previous_data`` and ``num_initial_steps`` reference-driven MD steps.
 
     Every frame of the reference MD (steps 0..num_initial_steps) is labelled and stored as
-    training data of the campaign.
+    training data of the campaign. ``after`` only orders the job (after the job registering the campaign).
     """
 
     name: str = "initial reference MD"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str):
-        st, config = open_campaign(campaign, store)
+    def make(self, campaign: str, store: str, after=None):
+        st, config = job_settings(self.config, campaign, store)
         n = config.num_initial_steps
         start_id = state_id(campaign, n, None)
         imported = import_previous_data(st, config, campaign)
@@ -213,10 +215,11 @@ class ReferenceCheckMaker(Maker):
     """Reference single point on the last frame of a segment; the frame is stored (not yet as training data)."""
 
     name: str = "reference check"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
     def make(self, campaign: str, store: str, segment: dict):
-        st, config = open_campaign(campaign, store)
+        st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
         atoms = state_from_doc(state).to_atoms()
         ref_hash, ref_settings = reference_identity(config)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.jobs.base import open_campaign, timed
+from otf_flows.campaign import CampaignConfig
+from otf_flows.jobs.base import job_settings, timed
 from otf_flows.validation.evaluate import model_calculator, run_validation, validate_model
 from otf_flows.validation.sets import CHECKS, common_untrained_frames, get_validation
 
@@ -34,10 +35,11 @@ class ValidateMaker(Maker):
     """
 
     name: str = "validate"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
     def make(self, campaign: str, store: str, model_id: str):
-        st, config = open_campaign(campaign, store)
+        st, config = job_settings(self.config, campaign, store)
         settings = config.validation
         names = list(settings.benchmarks) + ([CHECKS] if settings.checks else [])
         model = st.get_model(model_id)

@@ -129,16 +129,19 @@ class ModelDoc(_Doc):
     model_id: str = Field(description="Unique id, '<campaign>-v<version>' for campaign models.")
     version: int = Field(description="1 for the first fit of a campaign, then +1 per refit.")
     campaign: str | None = Field(None, description="Campaign the model belongs to (None for `otf fit`).")
-    backend: str = Field("gap", description="ML backend.")
+    backend: str = Field("gap", description="ML backend (model.backend: gap, mace).")
     parent_model_id: str | None = Field(None, description="Model this one replaced.")
     training_frame_ids: list[str] = Field(description="Frames it was trained on.")
     n_training_frames: int
     trigger_check_id: str | None = Field(None, description="Check that triggered the fit (None for the first).")
     trigger_check_step: int | None = Field(None, description="MD step of the triggering check.")
-    fit_settings: dict[str, Any] = Field(default_factory=dict, description="gap_fit arguments.")
-    fit_log_summary: str = Field("", description="Tail of the gap_fit log.")
+    fit_settings: dict[str, Any] = Field(
+        default_factory=dict, description="Fit settings: the command line (gap_fit or mace run_train arguments) and "
+        "the backend's settings; MACE also started_from (scratch, parent, foundation).")
+    fit_log_summary: str = Field("", description="Tail of the fit's log (gap_fit, or MACE's error table).")
     fit_seconds: float = Field(description="Wall time of the fit (s).")
-    artifact: str = Field(description="Blob key of the model archive (tar.gz of the XML and sparseX files).")
+    artifact: str = Field(description="Blob key of the model archive (tar.gz of the model directory: GAP XML and "
+                          "sparseX files, or mace.model and mace.json).")
     flags: list[str] = Field(default_factory=list, description="Warnings, e.g. a failed promotion gate.")
     warnings: list[str] = Field(default_factory=list, description="Warnings about the training data, e.g. "
                                 "frames of different levels of theory (they do not fail the promotion gate).")

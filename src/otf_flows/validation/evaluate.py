@@ -27,7 +27,7 @@ def reference_labels(frames: list[FrameDoc]) -> list[Labelled]:
 def predict(calculator, frames: list[FrameDoc]) -> list[Labelled]:
     """``calculator``'s energy, forces and (where the frame has a reference virial) virial.
 
-    All properties of a frame come from one ``calculate`` call (GAP evaluates them together).
+    All properties of a frame come from one ``calculate`` call (a model evaluates them together).
     """
     from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
@@ -54,11 +54,12 @@ def predict(calculator, frames: list[FrameDoc]) -> list[Labelled]:
 
 
 def model_calculator(store, model_id: str, cache: str | None = None):
-    """The ASE calculator of a stored GAP model (extracted into ``cache``, see :func:`otf_flows.dirs.cache_dir`)."""
-    from otf_flows.backends.gap import gap_calculator
+    """The ASE calculator of a stored model of any backend (extracted into ``cache``, see
+    :func:`otf_flows.dirs.cache_dir`)."""
+    from otf_flows.backends.ml import get_backend
     from otf_flows.jobs.base import model_dir
 
-    return gap_calculator(model_dir(store, model_id, cache) / "gap.xml")
+    return get_backend(store.get_model(model_id).backend).calculator(model_dir(store, model_id, cache))
 
 
 def compare_model(store, model_id: str, frames: list[FrameDoc], calculator=None) -> Comparison:
