@@ -75,12 +75,14 @@ def descriptor_for(preset: str, descriptor_str: str | None = None, numbers=None)
     ``numbers`` are the atomic numbers of the training data (for species-generic presets).
     The one place where a preset name becomes a descriptor string.
     """
+    from otf_flows.backends import gap_presets
+
     if descriptor_str:
         return descriptor_str
     try:
-        return PRESETS[preset]
-    except KeyError:
-        raise ConfigError(f"model.preset: {preset!r} is not one of {', '.join(PRESETS)}") from None
+        return gap_presets.descriptor_for(preset, numbers)
+    except ValueError as err:
+        raise ConfigError(f"model.preset: {err}") from None
 
 
 def format_e0(e0) -> str | None:
