@@ -1,12 +1,15 @@
 """The MACE backend with a tiny real model on EMT Cu: a fit from scratch, a fine-tune that starts
-from the parent's weights, a `model.backend: mace` campaign end to end (refits as fine-tuned
-versions, lineage, validation) and `otf export-model` loadable by mace's ``MACECalculator``."""
+from the parent's weights, a `model.backend: mace` campaign end to end with a 2-member committee
+and the uncertainty trigger (refits as fine-tuned versions, lineage, validation, uncertainty at
+the checks), the committee's uncertainty probe, `otf export-model` loadable by mace's
+``MACECalculator`` and `otf fit --backend mace`."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,12 +61,22 @@ def _errors(calc, frames):
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
-    """A tiny MACE fitted from scratch on 6 frames."""
-    backend = get_backend("mace")
+    """A tiny MACE fitted from scratch on 6 frames by `otf fit TRAIN.xyz --backend mace` (settings
+    from the config's model: block) and registered in a store: (backend, frames, FitResult-like, store)."""
+    tmp = tmp_path_factory.mktemp("mace_parent")
     frames = _frames(6)
-    result = backend.fit(frames, tmp_path_factory.mktemp("mace_parent"), MaceModel(**TINY), Refit(), seed=1,
-                         num_threads=1)
-    return backend, frames, result
+    write(tmp / "train.xyz", frames, format="extxyz")
+    (tmp / "mace.yaml").write_text(yaml.safe_dump({"model": TINY}))
+    out, store = tmp / "model", tmp / "store"
+    result = run_otf("fit", str(tmp / "train.xyz"), "--backend", "mace", "--config", str(tmp / "mace.yaml"),
+                     "--out", str(out), "--store", str(store), "--name", "cu-mace-fit", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout)  # stdout is only the JSON (mace's import-time print goes to stderr)
+    assert row["model_id"] == "cu-mace-fit" and row["n_training_frames"] == 6
+    model = OtfStore(str(store)).get_model("cu-mace-fit")
+    fit = SimpleNamespace(model_dir=out, command=model.fit_settings["command"],
+                          meta={"started_from": model.fit_settings["started_from"]}, doc=model)
+    return get_backend("mace"), frames, fit
 
 
 def test_fit_from_scratch_gives_a_working_calculator(parent):
@@ -116,9 +129,14 @@ def test_config_of_the_mace_backend():
             "reference": {"calculator": "ase.calculators.emt.EMT"}, "num_initial_steps": 2, "md": {"total_steps": 5}}
     assert config_from_dict(base).model.backend == "gap"
     assert config_from_dict({**base, "model": {"backend": "mace"}}).model.finetune_epochs == 20
-    with pytest.raises(ConfigError, match="model.backend mace has no uncertainty"):
+    with pytest.raises(ConfigError, match="model.backend mace has no uncertainty with model.committee 1"):
         config_from_dict({**base, "model": {"backend": "mace"},
                           "uncertainty": {"enabled": True, "threshold": 0.1}})
+    committee = config_from_dict({**base, "model": {"backend": "mace", "committee": 3},
+                                  "uncertainty": {"enabled": True, "threshold": 0.1, "measure": "mean_local"}})
+    assert committee.model.committee == 3 and committee.model.committee_md == "first"
+    with pytest.raises(ConfigError, match="model.committee"):
+        config_from_dict({**base, "model": {"backend": "mace", "committee": 5}})
     with pytest.raises(ConfigError, match="refit.descriptor_str is a GAP setting"):
         config_from_dict({**base, "model": {"backend": "mace"}, "refit": {"descriptor_str": "soap"}})
     with pytest.raises(ConfigError, match="model.foundation_model: 'mp-small.model' is not a file"):
@@ -129,17 +147,19 @@ def test_config_of_the_mace_backend():
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    """A `model.backend: mace` EMT campaign through `otf run`: every check fails (ediff tolerance
-    far below the tiny model's error), so each one refits by fine-tuning."""
+    """A `model.backend: mace` EMT campaign through `otf run` with a 2-member committee and the
+    uncertainty trigger recording (calibrate_factor: no check passes, so no threshold): every check
+    fails (ediff tolerance far below the tiny model's error), so each one refits by fine-tuning."""
     tmp = tmp_path_factory.mktemp("mace_campaign")
     data = {
         "name": "cu-mace",
         "structure": {"builder": "bulk", "element": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True,
                       "repeat": [2, 1, 1]},
-        "md": {"ensemble": "nvt_langevin", "temperature_K": 600, "timestep_fs": 2.0, "total_steps": 24,
+        "md": {"ensemble": "nvt_langevin", "temperature_K": 600, "timestep_fs": 2.0, "total_steps": 14,
                "seed": 3, "trajectory_interval": 4},
         "reference": {"engine": "ase", "calculator": "ase.calculators.emt.EMT"},
-        "model": {**TINY, "max_num_epochs": 8, "finetune_epochs": 2},
+        "model": {**TINY, "max_num_epochs": 8, "finetune_epochs": 2, "committee": 2},
+        "uncertainty": {"enabled": True, "every": 3, "calibrate_factor": 2.0},
         "can_update": True, "num_initial_steps": 4, "check_interval": 10,
         "tolerances": {"ediff": 1.0e-7, "fmax": None},
         "validation": {"benchmarks": ["cu-unseen"]},
@@ -165,10 +185,10 @@ def test_campaign_refits_are_fine_tuned_versions_with_lineage(campaign):
     store, _ = campaign
     st = OtfStore(str(store))
     doc = st.require_campaign("cu-mace")
-    assert doc.status == "completed" and doc.step == 24
+    assert doc.status == "completed" and doc.step == 14
     models = st.models("cu-mace")
     checks = st.checks("cu-mace")
-    assert len(checks) >= 2 and not any(c.passed for c in checks)
+    assert len(checks) >= 1 and not any(c.passed for c in checks)
     assert len(models) == 1 + len(checks)
     assert all(m.backend == "mace" for m in models)
     assert models[0].parent_model_id is None and models[0].fit_settings["started_from"] == "scratch"
@@ -185,6 +205,68 @@ def test_campaign_refits_are_fine_tuned_versions_with_lineage(campaign):
     assert all(np.isfinite(r) and r > 0 for r in rmses) and len(set(rmses)) == len(rmses)
 
 
+def test_campaign_committee_members_and_uncertainty_at_checks(campaign):
+    store, _ = campaign
+    st = OtfStore(str(store))
+    models = st.models("cu-mace")
+    for model in models:
+        members = model.fit_settings["members"]
+        assert [m["seed"] for m in members] == [3, 4]  # md.seed, md.seed + 1
+        want = "scratch" if model.parent_model_id is None else "parent"
+        assert [m["started_from"] for m in members] == [want, want]
+    checks = st.checks("cu-mace")
+    # the committee's uncertainty was measured at every checked frame, recorded with the check
+    assert all(c.uncertainty is not None and c.uncertainty > 0 for c in checks)
+    assert all(c.uncertainty_threshold is None for c in checks)  # calibrate_factor: no check passed
+    assert len({c.uncertainty for c in checks}) == len(checks)
+    states = [s for s in st.collection("states").query({"campaign": "cu-mace", "ml_uncertainty": {"$ne": None}})]
+    assert states and all(s["n_uncertainty_evals"] >= 1 and s["ml_uncertainty"] > 0 for s in states)
+
+
+def test_committee_probe(campaign, tmp_path):
+    """The probe of a stored 2-member model: the committee's std of local energies (> 0, changing
+    with the structure, by uncertainty.measure), MD driven by member 0."""
+    from mace.calculators import MACECalculator
+
+    from otf_flows.backends.mace import MaceCommitteeUncertainty, member_files
+    from otf_flows.campaign import UncertaintySettings
+
+    store, _ = campaign
+    st = OtfStore(str(store))
+    backend = get_backend("mace")
+    model_dir = backend.unpack(st.get_blob(st.models("cu-mace")[0].artifact), tmp_path / "m")
+    assert [p.name for p in member_files(model_dir)] == ["mace.model", "mace.member1.model"]
+    calc = backend.calculator(model_dir)
+    probe = backend.uncertainty(calc, UncertaintySettings())
+    assert isinstance(probe, MaceCommitteeUncertainty) and probe.measure == "max_local"
+    frames = _frames(2, seed0=300)
+    values = []
+    for atoms in frames:
+        atoms.calc = calc
+        atoms.get_forces()  # the MD step's own call: member 0's local energies come with it
+        probe.arm()
+        local = probe.local_energies(atoms)
+        assert local.shape == (2, 8)
+        assert local[0].sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+        values.append(probe.value(atoms))
+        probe.disarm()
+        std = np.std(local, axis=0)
+        assert values[-1] == pytest.approx(std.max())
+        by = {m: MaceCommitteeUncertainty(calc, m).value(atoms) for m in ("mean_local", "total")}
+        assert by["mean_local"] == pytest.approx(std.mean()) and by["total"] == pytest.approx(np.sqrt(np.sum(std**2)))
+        calc.reset()  # without the step's own results the probe runs every member itself
+        assert np.allclose(probe.local_energies(atoms), local, atol=1e-10)
+    assert all(v > 0 for v in values) and values[0] != values[1]
+    # MD is driven by member 0 (committee_md: first); mace's own committee agrees on the members' energies
+    atoms = frames[0]
+    atoms.calc = MACECalculator(model_paths=[str(p) for p in member_files(model_dir)], device="cpu",
+                                default_dtype="float64")
+    atoms.get_potential_energy()
+    assert np.allclose(atoms.calc.results["energy_comm"], probe.local_energies(atoms).sum(axis=1), atol=1e-8)
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(float(atoms.calc.results["energy"]))
+
+
 def test_export_model_is_loadable_by_mace_calculator(campaign, tmp_path):
     from mace.calculators import MACECalculator
 
@@ -195,7 +277,9 @@ def test_export_model_is_loadable_by_mace_calculator(campaign, tmp_path):
     result = run_otf("export-model", model.model_id, str(dest), "--store", str(store))
     assert result.returncode == 0, result.stderr
     names = {p.name for p in dest.iterdir()}
-    assert {"mace.model", "mace.json", "lammps.in", "ase_example.py", "final_state.data"} <= names
+    assert {"mace.model", "mace.member1.model", "mace.json", "lammps.in", "ase_example.py",
+            "final_state.data"} <= names
+    assert "member 0 of a committee of 2" in (dest / "ase_example.py").read_text()
     lammps = (dest / "lammps.in").read_text()
     assert "pair_style mace" in lammps and "pair_coeff * * mace.model-lammps.pt Cu" in lammps
     frame = st.training_frames("cu-mace")[0]
@@ -211,3 +295,17 @@ def test_export_model_is_loadable_by_mace_calculator(campaign, tmp_path):
     import torch
 
     assert torch.jit.load(str(dest / "mace.model-lammps.pt")).r_max.item() == pytest.approx(4.0)
+
+
+def test_otf_fit_backend_mace(parent, tmp_path):
+    """`otf fit TRAIN.xyz --backend mace` (the parent fixture): a registered MACE model of the config's
+    model: block; GAP's options are refused."""
+    _, _, fit = parent
+    model = fit.doc
+    assert model.backend == "mace" and model.campaign is None and model.parent_model_id is None
+    assert "--max_num_epochs=12" in fit.command and "--seed=1" in fit.command and "members" not in model.fit_settings
+    assert {"mace.model", "mace.json"} <= {p.name for p in fit.model_dir.iterdir()}
+    train = tmp_path / "train.xyz"
+    write(train, _frames(2), format="extxyz")
+    bad = run_otf("fit", str(train), "--backend", "mace", "--preset", "l-si", "--out", str(tmp_path / "m"))
+    assert bad.returncode != 0 and "preset is a GAP setting" in bad.stderr

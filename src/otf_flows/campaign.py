@@ -518,8 +518,9 @@ class CampaignConfig(_Strict):
             for key in GAP_ONLY_REFIT_KEYS:
                 if key in self.refit.model_fields_set:
                     raise ValueError(f"refit.{key} is a GAP setting; model.backend {self.model.backend} does not use it")
-            if self.uncertainty.enabled:
-                raise ValueError(f"uncertainty.enabled: model.backend {self.model.backend} has no uncertainty")
+            if self.uncertainty.enabled and getattr(self.model, "committee", 1) < 2:
+                raise ValueError(f"uncertainty.enabled: model.backend {self.model.backend} has no uncertainty "
+                                 "with model.committee 1 (set model.committee: 2-4)")
         if self.num_initial_steps >= self.md.total_steps:
             raise ValueError(
                 f"num_initial_steps ({self.num_initial_steps}) must be < md.total_steps ({self.md.total_steps})"

@@ -1,4 +1,4 @@
-"""MongoDB backend of the store: URIs, credentials, and blobs larger than a document.
+"""MongoDB backend of the store: URIs, credentials, and blobs (maggma ``GridFSStore``).
 
 Credentials never travel inside a location string that is written anywhere. They come from
 
@@ -95,16 +95,53 @@ def mongo_store(clean_uri: str, collection: str, key: str):
     )
 
 
-def _database(store):
-    """The pymongo (or mongomock) database behind a mongo or memory store."""
-    if store.kind == "mongo":
-        import pymongo
+#: GridFS bucket of the blobs (``blobs.files`` / ``blobs.chunks``) and the key field of a blob document
+BLOB_BUCKET = "blobs"
+BLOB_KEY = "blob_key"
 
-        if getattr(store, "_client", None) is None:
-            store._client = pymongo.MongoClient(full_uri(store.location), serverSelectionTimeoutMS=SERVER_TIMEOUT_MS)
-        return store._client[database_name(store.location)]
-    _enable_mongomock_gridfs()
-    return store.collection("campaigns")._collection.database
+
+def gridfs_store(clean_uri: str, collection: str = BLOB_BUCKET):
+    """A maggma ``GridFSStore`` on the same server, database and credentials as :func:`mongo_store`."""
+    from maggma.stores import GridFSStore
+
+    return GridFSStore(
+        database=database_name(clean_uri),
+        collection_name=collection,
+        uri=full_uri(clean_uri),
+        key=BLOB_KEY,
+        mongoclient_kwargs={"serverSelectionTimeoutMS": SERVER_TIMEOUT_MS, "connectTimeoutMS": SERVER_TIMEOUT_MS},
+    )
+
+
+def blob_store(store):
+    """The connected ``GridFSStore`` of an :class:`~otf_flows.store.OtfStore` (mongo or memory kind).
+
+    ``mongodb://``: maggma connects with the store's URI and credentials (no client of ours).
+    ``memory://``: the same ``GridFSStore`` class, connected to the mongomock database that holds the
+    store's ``MemoryStore`` collections (maggma's ``connect`` is handed that mongomock client instead
+    of opening a ``pymongo.MongoClient``), so tests run maggma's GridFS code unchanged.
+    """
+    cached = store._stores.get("__blobs__")
+    if cached is not None:
+        return cached
+    if store.kind == "mongo":
+        blobs = gridfs_store(store.location)
+        try:
+            blobs.connect()
+            blobs.ensure_index(BLOB_KEY)
+        except Exception as err:  # noqa: BLE001 - any backend failure
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise StoreError(f"store: cannot open blobs of {redact(store.location)}: {first}") from None
+    else:
+        from unittest import mock
+
+        _enable_mongomock_gridfs()
+        database = store.collection("campaigns")._collection.database
+        blobs = gridfs_store(f"mongodb://localhost/{database.name}")
+        with mock.patch("maggma.stores.gridfs.MongoClient", lambda *args, **kwargs: database.client):
+            blobs.connect()
+    store._stores["__blobs__"] = blobs
+    return blobs
 
 
 def _enable_mongomock_gridfs() -> None:
@@ -115,24 +152,42 @@ def _enable_mongomock_gridfs() -> None:
     mock_gridfs.enable_gridfs_integration()
 
 
-def _gridfs(store):
-    import gridfs
-
-    return gridfs.GridFS(_database(store), collection="blobs")
-
-
 def put_blob(store, key: str, data: bytes) -> None:
-    """Store ``data`` under ``key`` once, in GridFS (any size; MongoDB's 16 MB limit does not apply)."""
-    fs = _gridfs(store)
-    if not fs.exists(key):
-        fs.put(data, _id=key)
+    """Store ``data`` under its content ``key`` once, as one ``GridFSStore`` document.
+
+    The document is ``{"blob_key": key, "data": base64, "size": n}``: maggma's ``GridFSStore``
+    stores JSON documents, so the bytes travel base64-encoded (GridFS chunks them: no 16 MB limit).
+    Putting the same key again stores nothing; two writers racing on one key leave one copy
+    (``GridFSStore.update`` keeps the newest file of a key).
+    """
+    import base64
+
+    blobs = blob_store(store)
+    if blobs.count({BLOB_KEY: key}) or _legacy_exists(blobs, key):
+        return
+    blobs.update({BLOB_KEY: key, "data": base64.b64encode(data).decode("ascii"), "size": len(data)})
 
 
 def get_blob(store, key: str) -> bytes:
-    """Bytes stored under ``key``."""
+    """Bytes stored under ``key``: a ``GridFSStore`` document, else a blob of the old layout.
+
+    Old layout (before blobs went through ``GridFSStore``): the raw bytes as a GridFS file whose
+    ``_id`` is the key, in the same ``blobs`` bucket. They are read where they are (no migration:
+    stores stay readable by older versions, and the bucket holds both kinds side by side).
+    """
+    import base64
+
+    blobs = blob_store(store)
+    doc = next(iter(blobs.query({BLOB_KEY: key})), None)
+    if doc is not None and isinstance(doc.get("data"), str):
+        return base64.b64decode(doc["data"])
     import gridfs
 
     try:
-        return _gridfs(store).get(key).read()
+        return blobs._collection.get(key).read()  # the GridFS bucket maggma opened
     except gridfs.errors.NoFile:
         raise StoreError(f"store: blob {key} is missing") from None
+
+
+def _legacy_exists(blobs, key: str) -> bool:
+    return blobs._collection.exists(key)

@@ -23,8 +23,11 @@ class GapModel(Strict):
     settings are in the ``refit`` block (default_sigma, descriptor_str, extra_gap_opts, e0)."""
 
     backend: Literal["gap"] = Field("gap", description="ML backend; GAP via quippy-ase's gap_fit.")
-    preset: Literal["default", "l-si", "al2o3", "a-c"] = Field(
-        "default", description="Descriptor preset used when refit.descriptor_str is null (paper's Table II)."
+    preset: Literal["fast", "default", "l-si", "al2o3", "a-c"] = Field(
+        "fast", description="Descriptor preset used when refit.descriptor_str is null: 'fast' (species-generic "
+        "soap_turbo + 5 Å two-body, our own; the lowest force error of the presets at ~1/4.8 of l-si's cost, "
+        "benchmarks/README.md, GAP presets), 'default' (the cheapest: a small SOAP), or the paper's Table II "
+        "presets 'l-si', 'al2o3', 'a-c'."
     )
     num_threads: int | None = Field(None, ge=1, description="OpenMP threads of gap_fit and quip (default: all).")
     initial_model: str | None = Field(
@@ -70,6 +73,17 @@ class MaceModel(Strict):
     e0s: Literal["average"] | dict[str, float] = Field(
         "average", description="Isolated-atom energies (eV): 'average' (least squares over the training data) or "
         "a mapping {symbol: eV} covering every element. A refit keeps its parent's E0s.",
+    )
+
+    committee: int = Field(
+        1, ge=1, le=4, description="Members of a committee of MACE models (1: one model, no uncertainty; 2-4: each fit "
+        "trains this many members with seeds seed, seed+1, ..., each refit fine-tunes member k from the parent's "
+        "member k; the committee's spread of local energies is the uncertainty of uncertainty.enabled)."
+    )
+    committee_md: Literal["first", "mean"] = Field(
+        "first", description="What drives ML-MD with a committee: 'first' = member 0 (the other members are evaluated "
+        "only at the frames where the uncertainty is measured, forward pass only), 'mean' = the committee mean of "
+        "energy, forces and stress (every member at every step: committee times the cost)."
     )
 
     @field_validator("e0s")

@@ -148,9 +148,14 @@ def trajectory_export(campaign: str = CampaignArg, out: Path = TrajectoryOut,
 @app.command()
 def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
         out: Path = typer.Option(..., "--out", help="Directory for the model files (new or empty)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML with a refit: block (e.g. a campaign)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML with a refit: and/or model: block "
+                                              "(e.g. a campaign)."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="gap or mace (default: the config's "
+                                              "model.backend, else gap)."),
+        committee: Optional[int] = typer.Option(None, "--committee", help="MACE: members of a committee (1-4)."),
         name: Optional[str] = typer.Option(None, "--name", help="Model id to register (default: fit-<hash>)."),
-        preset: str = typer.Option("default", "--preset", help="Descriptor preset: default, l-si, al2o3, a-c."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="GAP descriptor preset: fast (the default), "
+                                             "default, l-si, al2o3, a-c."),
         default_sigma: Optional[str] = typer.Option(None, "--default-sigma", help="gap_fit default_sigma."),
         descriptor_str: Optional[str] = typer.Option(None, "--descriptor-str", help="gap_fit descriptor string."),
         extra_gap_opts: Optional[str] = typer.Option(None, "--extra-gap-opts", help="Extra gap_fit options."),
@@ -159,20 +164,25 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
         energy_key: str = EnergyKey, forces_key: str = ForcesKey, virial_key: str = VirialKey,
         config_type_key: str = ConfigTypeKey,
         store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
-    """Fit a GAP outside a campaign and register it in the store."""
+    """Fit a GAP or (``--backend mace``) a MACE outside a campaign and register it in the store.
+
+    GAP settings come from the options and the config's ``refit:`` block; MACE settings from the
+    config's ``model:`` block (keys of ``model: {backend: mace}``, e.g. epochs, channels, committee).
+    """
     import yaml
     from pydantic import ValidationError
 
     from otf_flows._config_base import load_yaml
-    from otf_flows.backends.gap import PRESETS
-    from otf_flows.backends.ml_settings import GapModel
-    from otf_flows.campaign import Refit
+    from otf_flows.backends.gap_presets import preset_names
+    from otf_flows.backends.ml_settings import GapModel, MaceModel
+    from otf_flows.campaign import GAP_ONLY_REFIT_KEYS, Refit
     from otf_flows.data import frames_from_xyz
     from otf_flows.models import fit_and_register
 
-    if preset not in PRESETS:
-        raise InputError(f"--preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    if preset is not None and preset not in preset_names():
+        raise InputError(f"--preset: {preset!r} is not one of {', '.join(preset_names())}")
     refit_data: dict = {}
+    model_data: dict = {}
     if config is not None:
         if not config.is_file():
             raise InputError(f"--config: {config} does not exist")
@@ -184,21 +194,45 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
             raise InputError(f"--config: {config} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
         if not isinstance(loaded, dict):
             raise InputError(f"--config: {config} is not a mapping")
-        refit_data = dict(loaded.get("refit", loaded))
+        refit_data = dict(loaded.get("refit", {} if "model" in loaded else loaded))
         refit_data.pop("previous_data", None)
+        model_data = dict(loaded.get("model") or {})
+        if model_data.get("foundation_model") and not Path(model_data["foundation_model"]).is_absolute():
+            model_data["foundation_model"] = str(config.parent / model_data["foundation_model"])
     for key, value in (("default_sigma", default_sigma), ("descriptor_str", descriptor_str),
                        ("extra_gap_opts", extra_gap_opts), ("e0", e0), ("e0_method", e0_method)):
         if value is not None:
             refit_data[key] = value
+    backend = backend or model_data.get("backend", "gap")
+    if backend not in ("gap", "mace"):
+        raise InputError(f"--backend: {backend!r} is not one of gap, mace")
+    if model_data.get("backend", backend) != backend:
+        model_data = {}  # the config's model block is of the other backend
+    if backend == "mace":
+        gap_only = [k for k in GAP_ONLY_REFIT_KEYS if k in refit_data] + (["preset"] if preset is not None else [])
+        if gap_only:
+            raise InputError(f"{gap_only[0]} is a GAP setting; --backend mace does not use it")
+        if committee is not None:
+            model_data["committee"] = committee
+    elif committee is not None:
+        raise InputError("--committee: a MACE setting; use it with --backend mace")
     try:
         refit = Refit.model_validate(refit_data)
+        if backend == "mace":
+            ml_model = MaceModel.model_validate({**model_data, "backend": "mace"})
+        else:
+            ml_model = GapModel.model_validate({**model_data, "backend": "gap", **({"preset": preset} if preset else {})})
     except ValidationError as err:
         e = err.errors()[0]
-        raise InputError(f"refit.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
+        where = "refit" if err.title == "Refit" else "model"
+        raise InputError(f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") \
+            from None
+    if getattr(ml_model, "foundation_model", None) and not Path(ml_model.foundation_model).is_file():
+        raise InputError(f"model.foundation_model: {ml_model.foundation_model!r} is not a file")
     frames = frames_from_xyz(train, energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
                              config_type_key=config_type_key)
     st = open_store_arg(store, must_exist=False)
-    model = fit_and_register(st, frames, refit, out, model=GapModel(preset=preset), model_id=name)
+    model = fit_and_register(st, frames, refit, out, model=ml_model, model_id=name)
     if as_json:
         print_json(model_row(model))
     else:
