@@ -1,7 +1,7 @@
 """Smoke test of benchmarks/: every script runs in --quick mode and writes well-formed results.
 
 Only the shape and internal consistency of the results are checked, never the timings
-(the figures in benchmarks/README.md come from the full modes). All four together take a
+(the figures in benchmarks/README.md come from the full modes). All of them together take a
 few minutes on 2 cores.
 """
 
@@ -80,8 +80,9 @@ def test_md_throughput_quick(tmp_path):
     data = run_quick("md_throughput.py", tmp_path)
     assert data["systems"]
     for r in data["systems"]:
-        assert r["gap_calls"] >= r["md_steps"] + 1
+        assert r["gap_calls"] == r["md_steps"] + 1  # the start frame's forces, then one call per step
         assert all(_positive(v) for v in r["us_per_atom_step"].values())
+        assert all(_positive(v) for v in r["segment_outside_model_s"]) and r["segment_outside_model_fraction"] > 0
         assert set(r["us_per_atom_step"]) == {"segment_job", "segment_bare", "gap_calls", "gap_kernel"}
         assert isinstance(r["target_met"], bool) and math.isfinite(r["overhead_segment_job"])
 
@@ -112,6 +113,27 @@ def test_speedup_aimd_quick(tmp_path):
     assert otf["errors_after_first_10pct"]["checks"] >= 1
 
 
+@pytest.mark.cp2k
+@pytest.mark.skipif(CP2K is None, reason="cp2k is not on PATH")
+def test_engine_overhead_quick(tmp_path):
+    data = run_quick("engine_overhead.py", tmp_path)
+    frames = data["frames"]
+    assert len(frames) == data["md_steps"] + 1 == len(data["md_calls"])
+    for row in frames:
+        for mode in ("before", "now"):
+            r = row[mode]
+            assert _positive(r["seconds"]) and _positive(r["cp2k_seconds"]) and r["scf_steps"] >= 1
+            assert not r["wfn_restart"]
+            assert 0 < r["cp2k_process_s"] < r["seconds"]
+            assert math.isclose(r["overhead_s"], r["seconds"] - r["cp2k_process_s"])
+    assert [c["wfn_restart"] for c in data["md_calls"]] == [False] + [True] * data["md_steps"]
+    restart = data["restart"]
+    assert restart["frames"] == data["md_steps"] >= 1
+    assert restart["scf_steps_restart"]["n"] == restart["scf_steps_atomic"]["n"] == restart["frames"]
+    assert 0 <= restart["max_dE_per_atom"] < 1e-4 and 0 <= restart["max_dF"] < 1e-2
+    assert data["before"]["call_s"]["n"] == data["now"]["call_s"]["n"] == len(frames)
+
+
 def test_hidden_error_quick(tmp_path):
     data = run_quick("hidden_error.py", tmp_path)
     assert (tmp_path / "hidden_error_quick.png").stat().st_size > 0
@@ -139,3 +161,18 @@ def test_hidden_error_quick(tmp_path):
         assert c["frames"] >= 3 and set(c["pooled"]) == {"max_local_std", "total_std", "mean_local_std"}
         assert _positive(c["cost"]["force_call_ms"])
         assert isinstance(s["target"]["met"], bool)
+
+
+def test_gap_presets_quick(tmp_path):
+    data = run_quick("gap_presets.py", tmp_path, timeout=1800)
+    assert {"default", "l-si", "fast"} <= set(data["presets"])
+    assert {s["data"] for s in data["studies"]} >= {"si", "cuau"}
+    for study in data["studies"]:
+        rows = {r["preset"]: r for r in study["rows"]}
+        assert {"default", "l-si", "fast"} <= set(rows)
+        for r in rows.values():
+            assert _positive(r["ms_per_atom"]) and _positive(r["test"]["force_rmse"])
+        if study["data"] != "cuau":
+            t = study["target"]
+            assert t["speedup_vs_l_si"] == pytest.approx(rows["l-si"]["ms_per_atom"] / rows["fast"]["ms_per_atom"])
+            assert t["met"] == (t["speedup_vs_l_si"] >= 3 and t["force_rmse_ratio_vs_l_si"] <= 1.15)

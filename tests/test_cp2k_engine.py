@@ -22,7 +22,15 @@ import pytest
 from ase import Atoms, units
 from ase.build import bulk
 
-from otf_flows.backends.cp2k import Cp2kEngine, added_mos, input_settings, resolve_basis_and_potential
+from otf_flows.backends.cp2k import (
+    RESTART_MAX_DISPLACEMENT_A,
+    Cp2kEngine,
+    _cached_element_data,
+    added_mos,
+    input_settings,
+    resolve_basis_and_potential,
+    reusable_wavefunction,
+)
 from otf_flows.backends.cp2k_env import (
     cp2k_environment,
     ensure_pmg_cp2k_data,
@@ -30,7 +38,7 @@ from otf_flows.backends.cp2k_env import (
     find_cp2k_data,
 )
 from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.reference import get_engine
+from otf_flows.backends.reference import Labels, get_engine
 from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
 
 CP2K = shutil.which("cp2k.psmp") or shutil.which("cp2k")
@@ -200,12 +208,30 @@ def test_labels_match_a_direct_cp2k_run(si8, tmp_path):
     assert 0.1 < np.abs(labels.forces).max() < 5.0  # a 0.05 Å rattle gives ~0.5 eV/Å, not ~0.01 (Ha/Bohr)
     np.testing.assert_allclose(labels.virial, labels.virial.T, atol=1e-8)
 
-    # Sign and size of the virial: -dE/d(strain) for a small isotropic strain.
+    # Sign and size of the virial: -dE/d(strain) for a small isotropic strain. Another cell: the
+    # wavefunction of the first frame is not reused even when offered.
     strain = 1e-3
     strained = si8.copy()
     strained.set_cell(si8.cell * (1 + strain), scale_atoms=True)
-    energy_strained = engine.label(strained, tmp_path / "strained").energy
-    assert -(energy_strained - labels.energy) / strain == pytest.approx(np.trace(labels.virial), rel=0.05)
+    strained_labels = engine.label(strained, tmp_path / "strained", restart=(si8, labels))
+    assert strained_labels.meta["wfn_restart"] is None
+    assert -(strained_labels.energy - labels.energy) / strain == pytest.approx(np.trace(labels.virial), rel=0.05)
+
+    # The next MD step (same cell, atoms moved a little) starts from the first frame's wavefunction:
+    # CP2K reads it (no fallback to the atomic guess), needs fewer SCF steps, and the labels are those of
+    # the same frame from atomic densities within the SCF tolerance.
+    moved = si8.copy()
+    moved.positions += np.random.default_rng(3).normal(0, 0.02, moved.positions.shape)
+    restarted = engine.label(moved, tmp_path / "moved", restart=(si8, labels))
+    assert restarted.meta["wfn_restart"] == str(job_dir / "CP2K-RESTART.wfn.gz")
+    assert restarted.meta["input_settings"]["wfn_restart"] == restarted.meta["wfn_restart"]
+    with gzip.open(Path(restarted.meta["directory"]) / "cp2k.out.gz", "rt") as handle:
+        output = handle.read()
+    assert "ATOMIC GUESS" not in output and "Atomic guess" not in output
+    atomic = engine.label(moved, tmp_path / "moved_atomic")
+    assert atomic.meta["wfn_restart"] is None and restarted.meta["scf_steps"] < atomic.meta["scf_steps"]
+    assert restarted.energy / n == pytest.approx(atomic.energy / n, abs=1e-6)
+    np.testing.assert_allclose(restarted.forces, atomic.forces, atol=1e-3)
 
 
 @pytest.mark.cp2k
@@ -224,6 +250,60 @@ def test_unconverged_scf_raises_reference_failed_naming_the_directory(si8, tmp_p
 
 
 # --- no CP2K run needed ---------------------------------------------------------------------
+
+
+def test_wavefunction_is_reused_only_between_consecutive_frames(si8, tmp_path):
+    run = tmp_path / "attempt_1"
+    run.mkdir()
+    (run / "CP2K-RESTART.wfn.gz").write_bytes(b"")
+    previous = (si8, Labels(0.0, np.zeros((8, 3)), meta={"directory": str(run)}))
+    step = si8.copy()
+    step.positions += 0.05
+    assert reusable_wavefunction(previous, step) == run / "CP2K-RESTART.wfn.gz"
+    wrapped = step.copy()
+    wrapped.positions[0] += si8.cell[0]  # the same frame across the periodic boundary
+    assert reusable_wavefunction(previous, wrapped) == run / "CP2K-RESTART.wfn.gz"
+
+    far = si8.copy()
+    far.positions[3] += [RESTART_MAX_DISPLACEMENT_A, 0, 0]
+    other_cell = si8.copy()
+    other_cell.set_cell(si8.cell * 1.01, scale_atoms=True)
+    other_atoms = si8.copy()
+    other_atoms.numbers[0] = 6
+    for frame in (far, other_cell, other_atoms, si8[:7]):
+        assert reusable_wavefunction(previous, frame) is None
+    assert reusable_wavefunction(None, step) is None
+    assert reusable_wavefunction((si8, Labels(0.0, np.zeros((8, 3)))), step) is None  # no run directory
+    (run / "CP2K-RESTART.wfn.gz").unlink()
+    assert reusable_wavefunction(previous, step) is None  # the run left no wavefunction
+
+
+def test_element_data_is_parsed_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    from pymatgen.io.cp2k import sets
+
+    parsed = []
+    original = sets.YAML
+
+    class CountingYAML(original):
+        def load(self, stream):
+            parsed.append(stream.name)
+            return super().load(stream)
+
+    monkeypatch.setattr(sets, "YAML", CountingYAML)
+    path = tmp_path / "Si"
+    path.write_text("basis_sets: {a: {name: X}}\npotentials: {b: {name: Y}}\n")
+
+    def load():
+        with open(path) as handle:
+            return sets.YAML().load(handle)
+
+    with _cached_element_data():
+        first, second = load(), load()
+    assert first is second and first["basis_sets"]["a"]["name"] == "X" and len(parsed) == 1
+    assert sets.YAML is CountingYAML  # restored
+    path.write_text("basis_sets: {a: {name: Z}}\npotentials: {b: {name: Y}}\n")
+    with _cached_element_data():
+        assert load()["basis_sets"]["a"]["name"] == "Z" and len(parsed) == 2
 
 
 def test_input_settings_use_fast_restricted_defaults(pmg_data):

@@ -81,3 +81,56 @@ def test_trajectory_frames_and_guard(fixed_model):
     assert result.stopped_early == "stop"
     assert result.state.step == 12
     assert result.n_frames == 2 and result.trajectory_xyz.count(b"md_step=") == 2
+
+
+def _counting(calc):
+    """Record the properties asked for and the calc_args of every model call of ``calc``."""
+    calls = []
+    inner = calc.calculate
+
+    def calculate(atoms=None, properties=None, *args, **kwargs):
+        calls.append((sorted(properties or []), calc.calc_args))
+        return inner(atoms, properties, *args, **kwargs)
+
+    calc.calculate = calculate
+    return calls
+
+
+@pytest.mark.parametrize("ensemble", ["nvt_langevin", "npt_berendsen"])
+def test_one_model_call_per_step_and_the_virial_only_where_used(fixed_model, ensemble):
+    from otf_flows.backends.reference import virial_from_stress
+
+    md = MDSettings(ensemble=ensemble, temperature_K=900, timestep_fs=2.0, total_steps=10, seed=11)
+    calc = gap_calculator(fixed_model)
+    calls = _counting(calc)
+    result = run_segment(_start(md), calc, md, 10)
+    with_stress = [i for i, (props, _) in enumerate(calls) if "stress" in props]
+    if ensemble == "nvt_langevin":
+        assert len(calls) == 11  # the start frame's forces, then one call per step
+        assert with_stress == [10]  # only the last frame's virial: the frame a check compares
+    else:
+        # the barostat reads the stress of the frame the last call gave (no call of its own), then
+        # ASE's NPTBerendsen needs the forces of the rescaled frame and of the new positions
+        assert len(calls) == 21
+        assert with_stress == list(range(21))
+    fresh = result.state.to_atoms()
+    fresh.calc = gap_calculator(fixed_model)
+    expected = virial_from_stress(fresh.get_stress(voigt=False), fresh.get_volume())
+    assert np.abs(result.virial - expected).max() < 1e-8
+    assert np.abs(result.forces - fresh.get_forces()).max() < 1e-10
+
+
+def test_variance_only_at_the_probed_frames_and_the_last(fixed_model):
+    from otf_flows.backends.gap import GapUncertainty
+    from otf_flows.md.segment import UncertaintyMonitor
+
+    md = MDSettings(ensemble="nvt_langevin", temperature_K=900, timestep_fs=2.0, total_steps=10, seed=11)
+    calc = gap_calculator(fixed_model)
+    calls = _counting(calc)
+    monitor = UncertaintyMonitor(probe=GapUncertainty(calc), every=4)
+    result = run_segment(_start(md), calc, md, 10, uncertainty=monitor)
+    assert len(calls) == 11
+    assert [i for i, (_, args) in enumerate(calls) if "local_gap_variance" in args] == [4, 8, 10]
+    assert result.n_uncertainty_evals == 3 and calc.calc_args == ""
+    fresh = result.state.to_atoms()
+    assert result.uncertainty == pytest.approx(GapUncertainty(gap_calculator(fixed_model)).value(fresh), rel=1e-9)

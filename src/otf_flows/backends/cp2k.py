@@ -2,7 +2,12 @@
 
 Each attempt writes the inputs with atomate2's input-set generator (our fast
 MD-checking settings on top), runs CP2K under custodian with atomate2's error handlers,
-and parses a ``TaskDocument``. Units are converted here, once: the task document gives
+and parses a ``TaskDocument``. What does not change between calls is done once per process:
+the parsed element data files of pymatgen's basis/potential matching (ruamel-parsed, about
+5 s per element on a loaded 2-core node), and custodian polls the CP2K process every 0.1 s
+instead of every second (see ``benchmarks/engine_overhead.py``). Consecutive frames of a
+reference-driven MD can start their SCF from the previous frame's wavefunction
+(:meth:`Cp2kEngine.label`'s ``restart``). Units are converted here, once: the task document gives
 energies in eV but forces in Hartree/Bohr and the stress in GPa with CP2K's sign (positive
 under compression); :class:`~otf_flows.backends.reference.Labels` hold eV, eV/Å and the
 virial in eV.
@@ -15,6 +20,7 @@ import functools
 import gzip
 import logging
 import math
+import os
 import re
 import shlex
 import shutil
@@ -42,7 +48,8 @@ from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, R
 logger = logging.getLogger(__name__)
 
 
-__all__ = ["Cp2kEngine", "added_mos", "input_settings", "resolve_basis_and_potential"]
+__all__ = ["RESTART_MAX_DISPLACEMENT_A", "Cp2kEngine", "added_mos", "input_settings", "resolve_basis_and_potential",
+           "reusable_wavefunction"]
 
 
 
@@ -56,6 +63,20 @@ _SCF_NOT_CONVERGED = re.compile(r"SCF run NOT converged")
 #: CP2K's analytical stress is printed in GPa and is positive under compression:
 #: ASE's stress is its negative, and the virial ``-stress * V`` is ``+cp2k * GPa * V``.
 _GPA_TO_EV_PER_A3 = units.GPa
+
+#: Seconds between custodian's polls of the CP2K process: a finished run is noticed within this
+#: time (custodian's default of 10 s, or 1 s, rounds every short single point up).
+_POLL_SECONDS = 0.1
+#: custodian's monitors (the handlers that inspect a running CP2K) run every
+#: ``_POLL_SECONDS * _MONITOR_EVERY`` = 30 s, as before the polling got finer.
+_MONITOR_EVERY = 300
+
+#: CP2K's wavefunction file of the input atomate2 writes (``GLOBAL/PROJECT_NAME CP2K``);
+#: the input's ``SCF_GUESS RESTART`` reads it when present, else CP2K starts from atomic densities.
+_WFN = "CP2K-RESTART.wfn"
+#: A wavefunction is reused only between frames with the same atoms, the same cell and every atom
+#: moved by less than this (Å, minimum image): consecutive MD steps, not unrelated frames.
+RESTART_MAX_DISPLACEMENT_A = 0.3
 
 
 class Cp2kEngine:
@@ -79,6 +100,8 @@ class Cp2kEngine:
     """
 
     name = "cp2k"
+    #: :meth:`label` takes ``restart`` (the previous frame of a trajectory and its labels).
+    reuses_wavefunction = True
 
     def __init__(self, settings: Cp2kReference, omp_threads: int | None = None, cache_dir: Path | None = None):
         self.settings = settings
@@ -95,11 +118,17 @@ class Cp2kEngine:
         find_cp2k_data(cp2k_program(find_cp2k(self.command)))
         _import_atomate2()
 
-    def label(self, atoms: Atoms, workdir: Path) -> Labels:
+    def label(self, atoms: Atoms, workdir: Path, restart: tuple[Atoms, Labels] | None = None) -> Labels:
         """Energy (eV), forces (eV/Å) and virial (eV) of ``atoms`` from CP2K.
 
         Attempt ``n`` runs in ``workdir/attempt_n``; after ``retries`` failed retries a
         :class:`ReferenceFailedError` names ``workdir``.
+
+        ``restart`` is the previous frame of a trajectory and its labels: when :func:`reusable_wavefunction`
+        finds it close enough (same atoms and cell, small displacements) and its run left a wavefunction
+        file, the first attempt starts its SCF from that wavefunction (``meta["wfn_restart"]`` names the
+        file; None: atomic guess). Later attempts start from atomic densities. The labels are the same
+        within the SCF tolerance; the SCF needs fewer steps.
 
         Raises
         ------
@@ -121,6 +150,7 @@ class Cp2kEngine:
         user_settings = input_settings(self.settings, atoms.get_chemical_symbols(), data_dir)
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
 
+        wfn = reusable_wavefunction(restart, frame)
         last_error = "no attempt made"
         for attempt in range(1, self.settings.retries + 2):
             directory = workdir / f"attempt_{attempt}"
@@ -128,6 +158,9 @@ class Cp2kEngine:
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
             start = time.perf_counter()
+            restarted = None
+            if wfn is not None and attempt == 1:
+                restarted = _copy_wavefunction(wfn, directory)
             try:
                 labels = self._run(frame, directory, command, user_settings, data_dir)
             except (BackendUnavailableError, InputError):
@@ -138,6 +171,9 @@ class Cp2kEngine:
                 continue
             labels.seconds = time.perf_counter() - start
             labels.meta["attempts"] = attempt
+            labels.meta["wfn_restart"] = restarted
+            # the start of the SCF is an input too: the stored provenance says which
+            labels.meta["input_settings"]["wfn_restart"] = restarted
             return labels
         raise ReferenceFailedError(
             f"CP2K single point failed after {self.settings.retries + 1} attempt(s) in {workdir}: {last_error}"
@@ -166,7 +202,7 @@ class Cp2kEngine:
                 "max_errors": self.settings.custodian_max_errors,
                 # custodian sleeps polling_time_step (default 10 s) between polls of the
                 # process, which would round every short single point up to 10 s.
-                "custodian_kwargs": {"polling_time_step": 1, "monitor_freq": 30},
+                "custodian_kwargs": {"polling_time_step": _POLL_SECONDS, "monitor_freq": _MONITOR_EVERY},
             },
             stop_children_kwargs={"handle_unsuccessful": False},  # we check the state ourselves
         )
@@ -174,6 +210,7 @@ class Cp2kEngine:
         with (
             cp2k_environment(data_dir, self.settings.xc_functional, self.omp_threads),
             _rks_safe_task_parsing(),
+            _cached_element_data(),
             _chdir(directory),
         ):
             response = maker.make.original(maker, structure)
@@ -181,6 +218,51 @@ class Cp2kEngine:
         labels.meta.update(input_set=type(generator).__name__, input_settings={
             "user_input_settings": user_settings, "kpoints": list(self.settings.kpoints)})
         return labels
+
+
+def reusable_wavefunction(restart: tuple[Atoms, Labels] | None, frame: Atoms) -> Path | None:
+    """The wavefunction file of ``restart`` (previous frame, its labels) if ``frame`` may start from it.
+
+    Only for the same atomic numbers in the same order, the same cell and pbc, and every atom moved
+    by less than :data:`RESTART_MAX_DISPLACEMENT_A` (minimum image): consecutive MD steps. None
+    otherwise, or when the previous run left no wavefunction.
+    """
+    if restart is None:
+        return None
+    previous, labels = restart
+    directory = labels.meta.get("directory")
+    if directory is None or len(previous) != len(frame):
+        return None
+    if not (np.array_equal(previous.numbers, frame.numbers) and np.array_equal(previous.pbc, frame.pbc)
+            and np.allclose(previous.cell.array, frame.cell.array, rtol=0, atol=1e-8)):
+        return None
+    delta = frame.positions - previous.positions
+    if frame.pbc.all():
+        scaled = np.linalg.solve(frame.cell.array.T, delta.T).T
+        delta = (scaled - np.round(scaled)) @ frame.cell.array
+    if np.linalg.norm(delta, axis=1).max() >= RESTART_MAX_DISPLACEMENT_A:
+        return None
+    for name in (_WFN, f"{_WFN}.gz"):
+        path = Path(directory) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def _copy_wavefunction(source: Path, directory: Path) -> str | None:
+    """Put ``source`` (maybe gzipped) into ``directory`` as CP2K's restart file; its path, None on failure."""
+    target = directory / _WFN
+    try:
+        if source.suffix == ".gz":
+            with gzip.open(source, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(source, target)
+    except OSError as err:  # a lost restart file costs SCF steps, not the label
+        logger.warning("could not reuse the wavefunction %s (%s); atomic guess", source, err)
+        target.unlink(missing_ok=True)
+        return None
+    return str(source)
 
 
 def input_settings(settings: Cp2kReference, symbols: list[str], data_dir: str | Path) -> dict[str, Any]:
@@ -346,6 +428,42 @@ def _read_output(directory: Path) -> str:
         with gzip.open(zipped, "rt") as handle:
             return handle.read()
     return plain.read_text()
+
+
+#: Parsed element files of pymatgen's CP2K data, by (path, mtime, size): read-only after parsing.
+_ELEMENT_DATA: dict[tuple[str, int, int], Any] = {}
+
+
+@contextlib.contextmanager
+def _cached_element_data() -> Iterator[None]:
+    """Parse each element file of pymatgen's CP2K data once per process.
+
+    ``DftSet.get_basis_and_potential`` parses the element's whole data file (all basis sets and
+    potentials, ~250 kB for Si) with ruamel's round-trip loader on every input set: seconds per
+    element and call. For the duration of the block the module's ``YAML`` is a loader that keeps
+    each parsed file (keyed by path, mtime and size, so a regenerated file is read again); pymatgen
+    only reads the result.
+    """
+    from pymatgen.io.cp2k import sets
+
+    original = sets.YAML
+
+    class _CachedYAML:
+        def load(self, stream):
+            path = getattr(stream, "name", None)
+            if not isinstance(path, str):
+                return original().load(stream)
+            stat = os.stat(path)
+            key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+            if key not in _ELEMENT_DATA:
+                _ELEMENT_DATA[key] = original().load(stream)
+            return _ELEMENT_DATA[key]
+
+    sets.YAML = _CachedYAML
+    try:
+        yield
+    finally:
+        sets.YAML = original
 
 
 @contextlib.contextmanager

@@ -112,6 +112,7 @@ class ReferenceCalculator(Calculator):
     NPTBerendsen rescales positions and cell before its first half kick and asks for forces
     there; that evaluation reuses the labels of the step's starting frame (what passing the
     previous forces to its ``step()`` does), so every MD step costs one reference call.
+    Consecutive CP2K labels reuse the previous step's wavefunction (``SCF_GUESS RESTART``).
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "forces", "stress"]
@@ -127,10 +128,22 @@ class ReferenceCalculator(Calculator):
         self.n_labels = 0  # frames labelled (stored or found in the store) by this calculator
         self._labelled: int | None = None  # MD step of the last label
         self._last: tuple | None = None  # (numbers, pbc, cell, scaled positions, results) of the last label
+        self._previous: tuple[Atoms, Labels] | None = None  # last frame labelled by the engine here, its labels
 
     def advance(self, step: int) -> None:
         """The dynamics completed MD step ``step``."""
         self.step = step
+
+    def _label(self, step: int) -> Labels:
+        """Reference labels of the current atoms; an engine that can (CP2K) starts from the wavefunction
+        of the previous step's label when that was computed here (it decides whether the frames are close)."""
+        atoms = self.atoms.copy()
+        workdir = self.workdir / f"step_{step:06d}"
+        if getattr(self.engine, "reuses_wavefunction", False):
+            labels = self.engine.label(atoms, workdir, restart=self._previous)
+            self._previous = (atoms, labels)
+            return labels
+        return self.engine.label(atoms, workdir)
 
     def _rescaled(self) -> bool:
         """Whether the atoms are the last labelled frame with positions and cell scaled together."""
@@ -153,7 +166,7 @@ class ReferenceCalculator(Calculator):
         frame = _stored_label(self.store, self.campaign, "initial_md", step, self.atoms, self.ref_hashes)
         if frame is None:
             with timed(self.store, self.campaign, "reference", "initial-md", f"{self.campaign}:initial:{step}", step):
-                labels = self.engine.label(self.atoms.copy(), self.workdir / f"step_{step:06d}")
+                labels = self._label(step)
             frame = frame_from_labels(
                 self.atoms, labels, source="initial_md", reference_hash=self.ref_hash,
                 reference=self.ref_settings, campaign=self.campaign, md_step=step,
@@ -161,6 +174,8 @@ class ReferenceCalculator(Calculator):
             self.store.add_frame(frame, training_in=self.campaign)
             failpoint("initial_md.labelled")
             progress.emit("reference", step=step, seconds=labels.seconds, kind="initial")
+        else:
+            self._previous = None  # a label from the store: the next one starts from atomic densities
         self.results["energy"] = frame.energy
         self.results["forces"] = np.array(frame.forces)
         if frame.virial is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,8 @@ from ase.io import write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MDState", "UncertaintyMonitor", "initial_state", "make_dynamics", "run_segment", "SegmentResult"]
+__all__ = ["MDState", "SegmentResult", "UncertaintyMonitor", "also_computing", "initial_state", "make_dynamics",
+           "run_segment"]
 
 
 @dataclass
@@ -125,6 +127,36 @@ def make_dynamics(atoms: Atoms, md, rng_state: str | None):
     raise ValueError(f"md.ensemble {md.ensemble!r} is not one of nve, nvt_langevin, npt_berendsen")
 
 
+@contextmanager
+def also_computing(calculator, properties: tuple[str, ...]) -> Iterator[None]:
+    """Within the block, every calculation of ``calculator`` also computes ``properties``.
+
+    An MD step asks only for forces; with ``also_computing(calc, ("stress",))`` around the last
+    step, the same model call also gives the virial of the segment's last frame (the frame a check
+    compares), instead of a second call afterwards. Properties the calculator does not implement
+    (``implemented_properties``) are left out.
+    """
+    extra = [p for p in properties if p in getattr(calculator, "implemented_properties", ())]
+    if not extra:
+        yield
+        return
+    own = calculator.__dict__.get("calculate")  # an instance attribute (a wrapper) to put back after
+    inner = calculator.calculate
+
+    def calculate(atoms=None, properties=None, *args, **kwargs):
+        asked = list(properties or [])
+        return inner(atoms, asked + [p for p in extra if p not in asked], *args, **kwargs)
+
+    calculator.calculate = calculate
+    try:
+        yield
+    finally:
+        if own is None:
+            del calculator.calculate
+        else:
+            calculator.calculate = own
+
+
 @dataclass
 class UncertaintyMonitor:
     """When and how a segment evaluates the model's uncertainty, and when that ends the segment.
@@ -200,6 +232,11 @@ def run_segment(
     uncertainty
         Evaluate the model's uncertainty every ``uncertainty.every`` steps and at the last
         frame; above ``uncertainty.threshold`` the segment ends at that frame.
+
+    Each step makes one model call, for energy and forces only; the last step's call also
+    computes the virial (periodic cells; every step's under NPT, whose barostat reads it) and,
+    with ``uncertainty``, the variance, so the last frame costs no second call unless the
+    segment ends early.
     """
     import time
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -232,13 +269,17 @@ def run_segment(
         u_evals += 1
         return value
 
+    periodic = bool(atoms.pbc.all())
+    stress_every_step = periodic and md.ensemble == "npt_berendsen"  # its barostat reads the stress each step
     for i in range(n_steps):
-        probe_now = monitor is not None and (step + 1) % monitor.every == 0
+        last = i == n_steps - 1
+        probe_now = monitor is not None and ((step + 1) % monitor.every == 0 or last)
         if probe_now:
             monitor.probe.arm()  # the step's own force call at the new positions also gives the variance
         # not dyn.step(forces): NPTBerendsen rescales the cell first, and forces of the unscaled
         # frame would break the exact continuation of a trajectory split into segments
-        dyn.step()
+        with also_computing(calculator, ("stress",) if stress_every_step or (last and periodic) else ()):
+            dyn.step()
         step += 1
         if probe_now:
             monitor.probe.disarm()
@@ -263,7 +304,7 @@ def run_segment(
     energy = float(atoms.get_potential_energy())
     forces = np.array(atoms.get_forces(), dtype=float)
     virial = None
-    if atoms.pbc.all():
+    if periodic:
         try:
             from otf_flows.backends.reference import virial_from_stress
 
