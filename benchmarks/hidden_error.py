@@ -431,7 +431,7 @@ def error_floor(config, train_frames, test_frames, tol: dict, workdir_: Path) ->
     """A GAP (same descriptor and sigma) trained on reference frames spread over one reference
     trajectory, tested on another seed's: the error level this kind of model reaches."""
 
-    from otf_flows.backends.gap import PRESETS, fit_gap, gap_calculator
+    from otf_flows.backends.gap import descriptor_for, fit_gap, gap_calculator
 
     def labelled(frames):
         out = []
@@ -443,7 +443,8 @@ def error_floor(config, train_frames, test_frames, tol: dict, workdir_: Path) ->
             out.append(a)
         return out
 
-    descriptor = config.refit.descriptor_str or PRESETS[config.model.preset]
+    descriptor = descriptor_for(config.model.preset, config.refit.descriptor_str,
+                                sorted({int(z) for a in train_frames for z in a.numbers}))
     res = fit_gap(labelled(train_frames), workdir_, config.refit, descriptor)
     err = model_errors(gap_calculator(Path(res.model_dir) / "gap.xml"), test_frames, reference_calculator(config))
     out = outside(err, tol)

@@ -57,7 +57,7 @@ def evaluate(xml: Path, frames, ref_calc, tol) -> dict:
 def main(argv=None) -> int:
     from ase.calculators.emt import EMT
 
-    from otf_flows.backends.gap import PRESETS, fit_gap
+    from otf_flows.backends.gap import descriptor_for, fit_gap
     from otf_flows.campaign import config_from_dict
 
     p = parser(__doc__.splitlines()[0])
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     traj_b = he.reference_md(other, steps, 2)
     cut = int(0.375 * len(traj))  # train on the first 3/8 of the run, test on the rest
     later, other_seed = traj[cut::2], traj_b[::3]
-    descriptor = config.refit.descriptor_str or PRESETS[config.model.preset]
+    descriptor = descriptor_for(config.model.preset, config.refit.descriptor_str, sorted(set(traj[0].numbers)))
     rows = []
     with workdir(args.keep, NAME) as tmp:
         for n in sizes:
