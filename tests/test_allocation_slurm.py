@@ -38,9 +38,11 @@ pytestmark = pytest.mark.slurm
 TIMEOUT_S = 420
 GRACE_S = 100
 SCENARIOS = {
-    # the sbatch campaign needs more work than the ~30 s until the warning (about 5 allocations on 2 cores)
-    "sbatch": {"batch": "slurm", "total_steps": 200, "extra": ["--partition", "debug", "--stop-after", "60"]},
-    "qsub": {"batch": "pbs", "total_steps": 80, "extra": ["--queue", "debug"]},
+    # Each campaign needs well over one allocation's work on a fast idle machine too: at 80 steps the qsub
+    # chain finished within its first 20 s allocation in CI; here, on 2 loaded cores, one allocation does
+    # ~45 steps (the first, with the initial fit) or ~115-150 (the next ones), so 400 steps take 3-5.
+    "sbatch": {"batch": "slurm", "total_steps": 400, "extra": ["--partition", "debug", "--stop-after", "60"]},
+    "qsub": {"batch": "pbs", "total_steps": 400, "extra": ["--queue", "debug"]},
 }
 
 
