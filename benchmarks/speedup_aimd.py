@@ -18,6 +18,10 @@ errors of every check after the first 10 % of the steps.
 
     python benchmarks/speedup_aimd.py            # full: about 30-50 min on 2 cores
     python benchmarks/speedup_aimd.py --quick    # Si8, cheap CP2K settings, 11 steps (about 1 min)
+    python benchmarks/speedup_aimd.py --config benchmarks/configs/si64-cp2k.yaml --tag si64   # Si64 (issue 15)
+
+Also reported: the limit (AIMD step / ML-MD step), the speed-up after the last refit (steady state)
+against that limit, and from the measured costs how many steps a run needs for 200x.
 """
 
 from __future__ import annotations
@@ -202,6 +206,7 @@ def cp2k_internal_seconds(root: Path) -> list[float]:
 def run_otf(config, store_dir: Path) -> dict:
     from otf_flows.managers.local import prepare_campaign, run_campaign
     from otf_flows.store import OtfStore
+    from otf_flows.trajectory import campaign_segments
 
     store = OtfStore(str(store_dir))
     flow = prepare_campaign(config, store)
@@ -220,6 +225,8 @@ def run_otf(config, store_dir: Path) -> dict:
     cp2k = cp2k_internal_seconds(store.path / "runs" / name)
     late = [c for c in checks if c.step > 0.1 * total and c.kind == "check"]
     n_dft = len(ref_entries)
+    segments = [seg for seg in campaign_segments(store, name) if seg.model_id is not None]
+    ml_steps = sum(seg.step - seg.start_step for seg in segments)
     fine = timer.split(wall)
     result = {
         "campaign": name,
@@ -262,9 +269,56 @@ def run_otf(config, store_dir: Path) -> dict:
                                                            "new_interval", "refit", "kind", "reference_seconds"})
                        for c in checks],
         "fit_seconds": [m.fit_seconds for m in models],
+        "ml_md_steps": ml_steps,
+        "ml_md_step_s": split["ml_md"] / ml_steps if ml_steps else None,
+        "steady_state": steady_state(ledger, total),
     }
     store.close()
     return result
+
+
+def steady_state(ledger: list[dict], total_steps: int) -> dict | None:
+    """The run after its last fit: steps and the wall time of the jobs that ran them (ledger order).
+
+    The ledger holds one entry per job with its wall time, its kind and the MD step it reached; the
+    steady state starts when the last model was fitted (``fit`` entry) and has no fit left to pay for.
+    """
+    rows = sorted(ledger, key=lambda d: str(d["created_at"]))
+    fits = [i for i, d in enumerate(rows) if d["kind"] == "fit"]
+    if not fits:
+        return None
+    last = fits[-1]
+    after = rows[last + 1:]
+    steps_before = max((d["step"] or 0 for d in rows[:last + 1]), default=0)
+    seconds_before = sum(d["seconds"] for d in rows[:last + 1])
+    return {
+        "from_step": steps_before,
+        "steps": total_steps - steps_before,
+        "wall_s": sum(d["seconds"] for d in after),
+        "dft_calls": sum(d["kind"] == "reference" for d in after),
+        "warm_up_wall_s": seconds_before,
+    }
+
+
+def speedup_analysis(otf: dict, aimd_step_s: float) -> dict:
+    """The limit (AIMD step / ML-MD step), the steady-state speed-up after the last refit, and how many
+    steps a run needs for 200x: speed-up(N) = N a / (W + (N - S) c) with W the wall time up to the last
+    fit, S its step and c the steady cost per step (ML-MD and checks), so 200x needs a > 200 c and then
+    N = 200 (W - S c) / (a - 200 c)."""
+    limit = aimd_step_s / otf["ml_md_step_s"] if otf.get("ml_md_step_s") else None
+    st = otf.get("steady_state")
+    out = {"aimd_step_s": aimd_step_s, "limit": limit, "steady_speedup": None, "steady_over_limit": None,
+           "steps_for_200x": None}
+    if not st or not st["steps"] or not st["wall_s"]:
+        return out
+    cost = st["wall_s"] / st["steps"]
+    out["steady_step_s"] = cost
+    out["steady_speedup"] = aimd_step_s / cost
+    out["steady_over_limit"] = out["steady_speedup"] / limit if limit else None
+    if aimd_step_s > 200 * cost:
+        out["steps_for_200x"] = max(200 * (st["warm_up_wall_s"] - st["from_step"] * cost) / (aimd_step_s - 200 * cost),
+                                    float(st["from_step"]))
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -316,6 +370,26 @@ def markdown(res: dict, info: dict, wall: float) -> str:
             ["speed-up vs the OTF run's own initial AIMD steps", f"{otf['md_steps'] * in_run / w:.0f}×", ""],
         ],
     ))
+    an = res.get("analysis")
+    if an and an.get("limit"):
+        n200 = an.get("steps_for_200x")
+        lines += ["", "Against CP2K's own MD step, "
+                  f"{an['aimd_step_s']:.1f} s, and the run's ML-MD step, {1e3 * otf['ml_md_step_s']:.0f} ms "
+                  f"({otf['ml_md_steps']} ML-MD steps):", ""]
+        steady = otf["steady_state"]
+        lines.append(table(
+            ["", "this run", "target"],
+            [
+                ["the whole run", f"{res['speedup_vs_native_aimd']:.0f}×", "≥ 100×"],
+                ["the limit (AIMD step / ML-MD step)", f"{an['limit']:.0f}×", ""],
+                [f"steady state: steps {steady['from_step']}–{otf['md_steps']} after the last refit "
+                 f"({steady['dft_calls']} DFT checks, {steady['wall_s']:.0f} s)",
+                 f"{an['steady_speedup']:.0f}× = {an['steady_over_limit']:.2f} of the limit"
+                 if an.get("steady_speedup") else "–", "≥ 0.8 of the limit"],
+                ["MD steps a run needs for 200× (from these costs)",
+                 f"{n200:,.0f}" if n200 else "never: the steady state is below 200×", ""],
+            ],
+        ))
     e = otf["errors_after_first_10pct"]
     passed = 100 * (e["passed_fraction"] or 0)
     lines += ["", f"Errors of the {e['checks']} checks after the first 10 % of the steps (passed: {passed:.0f} %):", ""]
@@ -348,8 +422,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="override md.total_steps")
     p.add_argument("--aimd-steps", type=int, default=None, help="engine-driven AIMD steps (full 3, quick 0: one single point)")
     p.add_argument("--native-steps", type=int, default=None, help="CP2K MD steps (full 6, quick 1)")
+    p.add_argument("--tag", default=None, help="write results/speedup_aimd_<tag>.* (e.g. si64)")
     args = p.parse_args(argv)
-    if rerender(args, NAME, markdown):
+    name = f"{NAME}_{args.tag}" if args.tag else NAME
+    if rerender(args, name, markdown):
         return 0
 
     from otf_flows.campaign import config_from_dict
@@ -392,12 +468,13 @@ def main(argv=None) -> int:
         "speedup_vs_engine_aimd": n * engine["step_cost_s"] / otf["wall_s"],
         "speedup_vs_native_aimd": n * native["step_cost_s"] / otf["wall_s"],
         "speedup_vs_in_run_aimd": n * (in_run_aimd_step(otf) or float("nan")) / otf["wall_s"],
+        "analysis": speedup_analysis(otf, native["step_cost_s"]),
     }
     info = machine()
     result["machine"] = info
     wall = time.perf_counter() - t0
     result["benchmark_wall_s"] = wall
-    write_results(args.out, NAME, args.quick, result, markdown(result, info, wall))
+    write_results(args.out, name, args.quick, result, markdown(result, info, wall))
     return 0
 
 

@@ -7,6 +7,7 @@ model from having to follow the melting (seen in the main job: with a melting cr
 checking interval never grew past 20 steps).
 
     python scripts/make_liquid_si.py 32 configs/si32-liquid-start.xyz
+    python scripts/make_liquid_si.py 64 benchmarks/configs/si64-liquid-start.xyz
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ SW_SI = """<SW_params n_types="1">
 
 
 def liquid_si(n_atoms: int, density_g_cm3: float = 2.57, seed: int = 7):
-    """Liquid Si with ``n_atoms`` (4 k^3: 4, 32, 108, ...) from SW melting."""
-    k = round((n_atoms / 4) ** (1 / 3))
-    if 4 * k**3 != n_atoms:
-        raise SystemExit(f"n_atoms must be 4 k^3 (4, 32, 108, 256, ...), got {n_atoms}")
+    """Liquid Si with ``n_atoms`` from SW melting: 4 k^3 (4, 32, 108, ...) start on an fcc lattice,
+    8 k^3 (8, 64, 216, ...) on a diamond one."""
+    lattices = {lattice: round((n_atoms / per_cell) ** (1 / 3)) for lattice, per_cell in (("fcc", 4), ("diamond", 8))}
+    lattice = next((name for name, k in lattices.items() if {"fcc": 4, "diamond": 8}[name] * k**3 == n_atoms), None)
+    if lattice is None:
+        raise SystemExit(f"n_atoms must be 4 k^3 (4, 32, 108, ...) or 8 k^3 (8, 64, 216, ...), got {n_atoms}")
+    k = lattices[lattice]
     mass_g = n_atoms * 28.0855 / 6.02214076e23
     box = (mass_g / density_g_cm3) ** (1 / 3) * 1e8  # Å
-    atoms = bulk("Si", "fcc", a=box / k, cubic=True).repeat(k)
+    atoms = bulk("Si", lattice, a=box / k, cubic=True).repeat(k)
     atoms.calc = Potential("IP SW", param_str=SW_SI)
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=4000, rng=rng)
