@@ -549,31 +549,46 @@ def run_system(system: str, seeds: list[int], steps: int, extra: dict, fixed_int
 
 
 # ----------------------------------------------------------------------------- output
-def merge_results(parts: list[dict]) -> dict:
-    """One result from runs of the same systems and modes with different seeds (run in parallel).
+def merge_results(parts: list[dict], modes: list[list[str] | None] | None = None) -> dict:
+    """One result from runs of the same systems with different seeds or modes (run in parallel).
 
-    Runs, per-mode aggregates, g(r) and the target are recomputed over all seeds; the
-    uncertainty correlation is that of the first part (it needs the stores); the wall time
-    is the longest part's.
+    ``modes[k]`` lists the modes taken from ``parts[k]`` (None: all of them), so the adaptive runs of
+    one set of files can be merged with the adaptive+uncertainty runs of another. Runs, per-mode
+    aggregates, g(r) and the target are recomputed over all seeds; the reference g(r) is kept once
+    per seed; the uncertainty settings, overrides and uncertainty correlation are those of the first
+    part (the correlation needs the stores); the wall time is the longest part's.
     """
+    modes = modes or [None] * len(parts)
     first = copy.deepcopy(parts[0])
-    first["seeds"] = [s for p in parts for s in p["seeds"]]
+    first["seeds"] = sorted({s for p in parts for s in p["seeds"]})
     first["benchmark_wall_s"] = max(p["benchmark_wall_s"] for p in parts)
     first["command"] = " + ".join(p["command"] for p in parts)
-    first["merged_from"] = [p["command"] for p in parts]
+    first["merged_from"] = [{"command": p["command"], "modes": m or sorted(next(iter(p["systems"].values()))["runs"])}
+                            for p, m in zip(parts, modes)]
     for name, sysres in first["systems"].items():
-        others = [p["systems"][name] for p in parts[1:]]
-        for mode in sysres["runs"]:
-            sysres["runs"][mode] = [r for s in [sysres, *others] for r in s["runs"][mode]]
-            sysres["gr"]["per_seed"][mode] = [g for s in [sysres, *others] for g in s["gr"]["per_seed"][mode]]
-            gs = sysres["gr"]["per_seed"][mode]
-            sysres["gr"]["modes"][mode] = {
-                "integrated_abs_diff_A_mean": float(np.mean([x["integrated_abs_diff_A"] for x in gs])),
-                "first_peak_r_A": [x["otf"]["first_peak_r_A"] for x in gs],
-                "first_peak_g": [x["otf"]["first_peak_g"] for x in gs]}
-        for key in ("first_peak_r_A", "first_peak_g"):
-            sysres["gr"]["reference"][key] = [x for s in [sysres, *others] for x in s["gr"]["reference"][key]]
-        sysres["modes"] = {m: aggregate(runs) for m, runs in sysres["runs"].items()}
+        taken = []  # (part's system result, modes taken from it)
+        for p, m in zip(parts, modes):
+            res = p["systems"][name]
+            taken.append((res, [x for x in res["runs"] if m is None or x in m]))
+        all_modes = [x for x in MODES if any(x in ms for _, ms in taken)]
+        sysres["runs"] = {x: sorted((r for res, ms in taken if x in ms for r in res["runs"][x]), key=lambda r: r["seed"])
+                          for x in all_modes}
+        per_seed = {x: sorted((g for res, ms in taken if x in ms for g in res["gr"]["per_seed"][x]),
+                              key=lambda g: g["seed"]) for x in all_modes}
+        sysres["gr"]["per_seed"] = per_seed
+        sysres["gr"]["modes"] = {x: {
+            "integrated_abs_diff_A_mean": float(np.mean([g["integrated_abs_diff_A"] for g in per_seed[x]])),
+            "first_peak_r_A": [g["otf"]["first_peak_r_A"] for g in per_seed[x]],
+            "first_peak_g": [g["otf"]["first_peak_g"] for g in per_seed[x]]} for x in all_modes}
+        reference = {}  # seed -> the reference MD's first peak (the same MD in every part of one seed)
+        for res, ms in taken:
+            first_mode = next(x for x in res["runs"])
+            for g in res["gr"]["per_seed"][first_mode]:
+                reference.setdefault(g["seed"], g["reference"])
+        sysres["gr"]["reference"] = {key: [reference[s][key] for s in sorted(reference)]
+                                     for key in ("first_peak_r_A", "first_peak_g")}
+        sysres["modes"] = {x: aggregate(runs) for x, runs in sysres["runs"].items()}
+        sysres["target"] = None
         if "adaptive" in sysres["modes"] and "adaptive+uncertainty" in sysres["modes"]:
             ada, unc = sysres["modes"]["adaptive"], sysres["modes"]["adaptive+uncertainty"]
             ratio = unc["dft_calls_total"] / ada["dft_calls_total"] if ada["dft_calls_total"] else None
@@ -727,12 +742,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-floor", action="store_true", help="skip the error-floor fit")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=None, help="run only these modes")
     p.add_argument("--tag", default=None, help="write results/hidden_error_<tag>.* (tuning runs)")
-    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULT.json",
-                   help="merge results of runs with different --seeds (run in parallel) into one, write it as --tag")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULT.json[:MODE,...]",
+                   help="merge results of runs with different --seeds or --modes (run in parallel) into one, "
+                        "write it as --tag; a ':mode,mode' suffix takes only those modes from that file")
     args = p.parse_args(argv)
     name = f"{NAME}_{args.tag}" if args.tag else NAME
     if args.merge:
-        res = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        files = [f.rsplit(":", 1) if ":" in f and not Path(f).exists() else [f, None] for f in args.merge]
+        res = merge_results([json.loads(Path(f).read_text()) for f, _ in files],
+                            [m.split(",") if m else None for _, m in files])
         write_results(args.out, name, res["quick"], res, markdown(res, res["machine"], res["benchmark_wall_s"]))
         figure(res, Path(args.out) / f"{name}.png")
         return 0
