@@ -134,6 +134,75 @@ def test_segment_ends_early_when_uncertain(cu_config):
     assert result.state.step == 10 and result.uncertainty_stop is None and result.n_uncertainty_evals == 4
 
 
+class _PeakProbe(_FakeProbe):
+    """An uncertainty that peaks at the ``peak``-th evaluation."""
+
+    def __init__(self, peak: int):
+        super().__init__(0.0)
+        self.peak = peak
+
+    def value(self, atoms):
+        self.calls += 1
+        return 1.0 - 0.1 * abs(self.calls - self.peak)
+
+
+def test_most_uncertain_frame_is_returned_with_the_model_labels(cu_config):
+    """check: most_uncertain: the evaluated frame with the largest value, with the model's energy, forces and
+    virial of exactly that frame (compared with a plain run stopped there); none when it is the last."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from otf_flows.backends.reference import virial_from_stress
+
+    md = config_from_dict(_short(cu_config)).md
+    state = initial_state(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), md)
+    # evaluated at steps 3, 6, 9, 12, 15 (the last frame): the peak is the 2nd evaluation, step 6
+    result = run_segment(state, EMT(), md, 15,
+                         uncertainty=UncertaintyMonitor(probe=_PeakProbe(2), every=3, check="most_uncertain"))
+    cf = result.check_frame
+    assert result.state.step == 15 and cf["step"] == 6 and cf["uncertainty"] == pytest.approx(1.0)
+    upto = run_segment(state, EMT(), md, 6)
+    assert np.allclose(cf["positions"], upto.state.positions, atol=1e-10)
+    assert cf["energy"] == pytest.approx(upto.energy, abs=1e-10)
+    assert np.allclose(cf["forces"], upto.forces, atol=1e-10)
+    assert np.allclose(cf["virial"], upto.virial, atol=1e-8)
+    atoms = upto.state.to_atoms()
+    atoms.calc = EMT()
+    assert np.allclose(cf["virial"], virial_from_stress(atoms.get_stress(voigt=False), atoms.get_volume()))
+    # the peak at the last evaluation (the last frame), or check: end: the last frame is checked as before
+    last = run_segment(state, EMT(), md, 15,
+                       uncertainty=UncertaintyMonitor(probe=_PeakProbe(5), every=3, check="most_uncertain"))
+    end = run_segment(state, EMT(), md, 15, uncertainty=UncertaintyMonitor(probe=_PeakProbe(2), every=3))
+    assert last.check_frame is None and end.check_frame is None
+
+
+def test_checks_label_the_most_uncertain_frame_in_a_campaign(tmp_path, cu_config):
+    """The DFT check labels the recorded frame: its md_step is the check's frame_step, inside the segment, its
+    errors are the model's on that frame, and it joins the training data like any check."""
+    from otf_flows.checks import error_metrics
+
+    data = _short(cu_config)
+    data["md"]["total_steps"] = 120
+    data["uncertainty"] = {"enabled": True, "every": 2, "calibrate_factor": 5.0, "check": "most_uncertain"}
+    st, doc = _run(tmp_path, data)
+    assert doc.status == "completed"
+    checks = [c for c in st.checks("acc") if c.kind == "check"]
+    inside = [c for c in checks if c.frame_step is not None]
+    assert inside, [(c.step, c.frame_step) for c in checks]
+    for c in inside:
+        frame = st.get_frames([c.frame_id])[0]
+        assert frame.md_step == c.frame_step and c.step - c.interval < c.frame_step < c.step
+        state = st.get_state(f"acc:state:{c.step}:{c.model_id}")
+        cf = state.check_frame
+        assert cf["step"] == c.frame_step and c.uncertainty == pytest.approx(cf["uncertainty"])
+        expected = error_metrics(len(frame.numbers), cf["energy"], frame.energy, cf["forces"], frame.forces,
+                                 cf["virial"], frame.virial)
+        assert c.frmse == pytest.approx(expected["frmse"]) and c.ediff == pytest.approx(expected["ediff"])
+        assert c.trained_on
+    trained = set(st.models("acc")[-1].training_frame_ids)
+    assert {c.frame_id for c in inside if c.new_model_id or c.refit} <= trained | {checks[-1].frame_id}
+
+
 def test_gap_uncertainty_probe_matches_a_direct_variance_call(campaigns):
     """The armed MD force call gives the same variance as a separate call, at no extra model call."""
     from otf_flows.backends.gap import GapUncertainty

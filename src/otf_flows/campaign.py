@@ -358,6 +358,13 @@ class UncertaintySettings(_Strict):
         "uncertainty seen at the frames of passed checks of the current model (before any pass: no trigger).",
     )
     min_steps: int = Field(1, ge=1, description="Never end a segment earlier than this many steps.")
+    check: Literal["end", "most_uncertain"] = Field(
+        "end",
+        description="Which frame of a segment the DFT check labels: 'end' = its last frame (hybrid-md), "
+        "'most_uncertain' = the evaluated frame with the largest uncertainty (the last one on a tie), so the check "
+        "tests the model where it is least sure and that frame becomes the training label. No extra DFT call; one "
+        "extra model call per segment when the frame is not the last.",
+    )
     measure: Literal["max_local", "mean_local", "total"] = Field(
         "max_local",
         description="How the local-energy variances var_i of a frame make its uncertainty (eV): 'max_local' = "

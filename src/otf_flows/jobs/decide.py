@@ -16,7 +16,7 @@ from otf_flows.faults import failpoint
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
-from otf_flows.jobs.reference import ReferenceCheckMaker, state_id
+from otf_flows.jobs.reference import ReferenceCheckMaker, model_labels_of_check, state_id
 from otf_flows.jobs.routing import route
 from otf_flows.jobs.validate import ValidateMaker
 from otf_flows.schedule import adapted_interval
@@ -190,10 +190,9 @@ class DecideMaker(Maker):
         if doc is None:
             with timed(st, campaign, "other", self.name, f"{campaign}:decide:{check_id}", state.step):
                 frame = st.get_frames([check["frame_id"]])[0]
-                errors = error_metrics(
-                    len(frame.numbers), state.ml_energy, frame.energy, state.ml_forces, frame.forces,
-                    state.ml_virial, frame.virial,
-                )
+                ml_energy, ml_forces, ml_virial = model_labels_of_check(state)
+                errors = error_metrics(len(frame.numbers), ml_energy, frame.energy, ml_forces, frame.forces,
+                                       ml_virial, frame.virial)
                 unphysical = invalid_labels(frame, config.md.guard)
                 guard = state.stopped_early or unphysical or unphysical_reference(frame, config.md.guard)
                 passed = passes(errors, config.tolerances.model_dump()) and guard is None
@@ -220,7 +219,9 @@ class DecideMaker(Maker):
                     kind="guard" if guard else "check", guard_reason=guard,
                     rolled_back_to=target.step if rollback else None,
                     rolled_back_state_id=target.state_id if rollback else None, trigger=trigger,
-                    uncertainty=state.ml_uncertainty, uncertainty_threshold=state.uncertainty_threshold,
+                    uncertainty=(state.check_frame or {}).get("uncertainty", state.ml_uncertainty),
+                    uncertainty_threshold=state.uncertainty_threshold,
+                    frame_step=state.check_frame["step"] if state.check_frame else None,
                     trained_on=train, **errors,
                 )
                 # every label joins the training data after its errors were measured (refit.train_on);

@@ -67,6 +67,7 @@ class MDSegmentMaker(Maker):
             uncertainty_stop=result.uncertainty_stop, ml_uncertainty=result.uncertainty,
             uncertainty_threshold=None if monitor is None else monitor.threshold,
             uncertainty_seconds=result.uncertainty_seconds, n_uncertainty_evals=result.n_uncertainty_evals,
+            check_frame=result.check_frame,
         )
         st.put_state(doc)
         return {"state_id": doc.state_id, "step": doc.step, "stopped_early": result.stopped_early,
@@ -101,6 +102,7 @@ def uncertainty_monitor(store, campaign: str, settings, model_id: str, calc, bac
     return UncertaintyMonitor(
         probe=probe, every=settings.every,
         threshold=calibrated_threshold(store, campaign, settings, model_id), min_steps=settings.min_steps,
+        check=settings.check,
     )
 
 

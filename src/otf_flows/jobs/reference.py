@@ -227,7 +227,9 @@ class InitialMDMaker(Maker):
 
 @dataclass
 class ReferenceCheckMaker(Maker):
-    """Reference single point on the last frame of a segment; the frame is stored (not yet as training data)."""
+    """Reference single point on the checked frame of a segment: its last frame, or the one the segment
+    recorded as ``check_frame`` (``uncertainty.check: most_uncertain``); the frame is stored (not yet as
+    training data)."""
 
     name: str = "reference check"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
@@ -236,26 +238,42 @@ class ReferenceCheckMaker(Maker):
     def make(self, campaign: str, store: str, segment: dict):
         st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
-        atoms = state_from_doc(state).to_atoms()
+        atoms, step = checked_frame(state)
         ref_hash, ref_settings = reference_identity(config)
-        frame = _stored_label(st, campaign, "check", state.step, atoms, _label_hashes(config, ref_hash))
+        frame = _stored_label(st, campaign, "check", step, atoms, _label_hashes(config, ref_hash))
         seconds = 0.0
         if frame is None:
             engine = reference_engine(config)
             with timed(st, campaign, "reference", self.name, f"{campaign}:ref:{state.state_id}", state.step):
-                labels: Labels = engine.label(atoms, Path.cwd() / f"check_{state.step:06d}")
+                labels: Labels = engine.label(atoms, Path.cwd() / f"check_{step:06d}")
             seconds = labels.seconds
             frame = frame_from_labels(
                 atoms, labels, source="check", reference_hash=ref_hash, reference=ref_settings,
-                campaign=campaign, md_step=state.step,
+                campaign=campaign, md_step=step,
             )
             st.add_frame(frame)
             failpoint("check.labelled")
         else:
             entry = st.collection("ledger").query_one({"entry_id": f"{campaign}:ref:{state.state_id}"})
             seconds = entry["seconds"] if entry else 0.0
-        progress.emit("reference", step=state.step, seconds=seconds, kind="check")
-        return {"frame_id": frame.frame_id, "step": state.step, "reference_seconds": seconds}
+        progress.emit("reference", step=step, seconds=seconds, kind="check")
+        return {"frame_id": frame.frame_id, "step": step, "reference_seconds": seconds}
+
+
+def checked_frame(state: StateDoc) -> tuple[Atoms, int]:
+    """The frame a check labels and its MD step: the state's ``check_frame`` if it has one, else the state."""
+    cf = state.check_frame
+    if cf is None:
+        return state_from_doc(state).to_atoms(), state.step
+    return Atoms(numbers=cf["numbers"], positions=cf["positions"], cell=cf["cell"], pbc=cf["pbc"]), int(cf["step"])
+
+
+def model_labels_of_check(state: StateDoc) -> tuple[float, list, list | None]:
+    """The model's energy, forces and virial of the frame a check labels (see :func:`checked_frame`)."""
+    cf = state.check_frame
+    if cf is None:
+        return state.ml_energy, state.ml_forces, state.ml_virial
+    return cf["energy"], cf["forces"], cf.get("virial")
 
 
 __all__ = ["InitialMDMaker", "ReferenceCalculator", "ReferenceCheckMaker"]

@@ -174,12 +174,16 @@ class UncertaintyMonitor:
         End the segment when the value exceeds it (eV); None only records.
     min_steps
         Never end a segment before this many steps.
+    check
+        ``"most_uncertain"``: also return the evaluated frame with the largest value
+        (:attr:`SegmentResult.check_frame`) for the DFT check; ``"end"``: the last frame is checked.
     """
 
     probe: object
     every: int = 1
     threshold: float | None = None
     min_steps: int = 1
+    check: str = "end"
 
 
 @dataclass
@@ -198,6 +202,10 @@ class SegmentResult:
     uncertainty_stop: str | None = None
     n_uncertainty_evals: int = 0
     uncertainty_seconds: float = 0.0
+    check_frame: dict | None = None
+    """With ``UncertaintyMonitor.check == "most_uncertain"`` and that frame not the last: ``step``,
+    ``numbers``, ``positions``, ``cell``, ``pbc``, the model's ``energy``, ``forces``, ``virial``
+    (None if not periodic) and ``uncertainty`` of the most uncertain evaluated frame."""
 
 
 def run_segment(
@@ -261,12 +269,17 @@ def run_segment(
     u_value, u_stop, u_evals, u_seconds = None, None, 0, 0.0
     probe_now = False
 
+    most = None  # (value, step, Atoms) of the most uncertain evaluated frame (check: most_uncertain)
+
     def measure() -> float:
-        nonlocal u_evals, u_seconds
+        nonlocal u_evals, u_seconds, most
         t0 = time.perf_counter()
         value = float(monitor.probe.value(atoms))
         u_seconds += time.perf_counter() - t0
         u_evals += 1
+        if monitor.check == "most_uncertain" and (most is None or value >= most[0]):
+            frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            most = (value, step, frame)
         return value
 
     periodic = bool(atoms.pbc.all())
@@ -312,6 +325,26 @@ def run_segment(
         except NotImplementedError:
             virial = None
     end = MDState.from_atoms(atoms, step, _rng_state(rng))
+    check_frame = None
+    if most is not None and most[1] != step and stopped is None:
+        check_frame = _labelled_by_model(most[2], calculator, most[1], periodic)
+        check_frame["uncertainty"] = most[0]
     return SegmentResult(end, energy, forces, virial, buffer.getvalue().encode(), stopped, n_frames,
                          uncertainty=u_value, uncertainty_stop=u_stop, n_uncertainty_evals=u_evals,
-                         uncertainty_seconds=u_seconds)
+                         uncertainty_seconds=u_seconds, check_frame=check_frame)
+
+
+def _labelled_by_model(frame: Atoms, calculator, step: int, periodic: bool) -> dict:
+    """``frame`` (no velocities) with the model's energy, forces and virial: one model call."""
+    frame = frame.copy()
+    frame.calc = calculator
+    properties = ["energy", "forces"] + (["stress"] if periodic and "stress" in getattr(
+        calculator, "implemented_properties", ()) else [])
+    calculator.calculate(frame, properties)
+    virial = None
+    if "stress" in properties:
+        from otf_flows.backends.reference import virial_from_stress
+        virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume()).tolist()
+    return {"step": int(step), "numbers": frame.numbers.tolist(), "positions": frame.positions.tolist(),
+            "cell": np.array(frame.cell).tolist(), "pbc": frame.pbc.tolist(),
+            "energy": float(frame.get_potential_energy()), "forces": frame.get_forces().tolist(), "virial": virial}

@@ -95,7 +95,9 @@ class CheckDoc(_Doc):
     kind: Literal["check", "guard"] = Field("check", description="A scheduled check, or the DFT check of a "
                                             "frame where the blow-up guard stopped a segment.")
     campaign: str
-    step: int = Field(description="MD step of the checked frame.")
+    step: int = Field(description="MD step at which the checked segment ended (its checked frame unless frame_step).")
+    frame_step: int | None = Field(None, description="MD step of the checked frame when it is not the segment's "
+                                   "last (uncertainty.check: most_uncertain).")
     interval: int = Field(description="MD steps since the previous check (or since the start).")
     ediff: float | None = Field(None, description="|E_ML - E_DFT| / N (eV/atom).")
     fmax: float | None = Field(None, description="Max force-component error (eV/Å).")
@@ -175,6 +177,10 @@ class StateDoc(_Doc):
     uncertainty_threshold: float | None = Field(None, description="Uncertainty threshold of the segment (eV).")
     uncertainty_seconds: float = Field(0.0, description="Wall time spent evaluating the uncertainty (s).")
     n_uncertainty_evals: int = Field(0, description="Uncertainty evaluations in the segment.")
+    check_frame: dict[str, Any] | None = Field(
+        None, description="The frame the DFT check labels when it is not this one (uncertainty.check: "
+        "most_uncertain): step, numbers, positions, cell, pbc and the model's energy, forces, virial, uncertainty.",
+    )
     created_at: datetime = Field(default_factory=now)
 
 
