@@ -75,6 +75,7 @@ def check_row(c) -> dict:
     """A check as `otf checks` shows it; the errors are the checked model's, at check time."""
     return {
         "step": c.step,
+        "frame_step": getattr(c, "frame_step", None),
         "kind": c.kind,
         "trigger": getattr(c, "trigger", None),
         "interval": c.interval,
