@@ -374,3 +374,31 @@ def test_cp2k_runs_with_the_allocation_tasks_and_dft_threads(tmp_path, monkeypat
                     if "GLOBAL| Total number of message passing processes" in line) == "2"
     assert " ".join(line.split()[-1] for line in out.splitlines()
                     if "GLOBAL| Number of threads for this process" in line) == "1"
+
+
+def test_a_walltime_warning_before_otf_run_starts_still_stops_it_resumably(tmp_path, cu_config, write_config,
+                                                                            login_node):
+    """SLURM once sent the walltime warning (USR1) 1 s into a job, while the script was still in
+    `otf allocation start`: the traps come first, so the script lives, passes the warning on to
+    `otf run` as soon as it starts (stopped, exit 3) and resubmits itself."""
+    import signal
+    import time
+
+    path = write_config(cu_config)
+    store = tmp_path / "store"
+    env = {**os.environ, "PATH": login_node["env"]["PATH"] + os.pathsep + os.environ["PATH"], "OTF_STORE": ""}
+    out = run_otf("submit", str(path), "--batch", "slurm", "--time", "00:30:00", "--store", str(store), "--json",
+                  env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    script = Path(json.loads(out.stdout)["script"])
+    proc = subprocess.Popen(["bash", str(script)], env={**env, "SLURM_JOB_ID": "4242"}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # inside `otf allocation start` (a Python start-up takes longer)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (proc.returncode, stdout, stderr)
+    assert "exited with 3 (signal: warning)" in stdout and "resubmitted as job 4242" in stdout
+    row = OtfStore(str(store)).collection("allocations").query_one({"campaign": "cu-emt"})
+    assert row["exit_code"] == 3 and row["resubmit"] and row["next_job_id"] == "4242"
+    log = Path(row["log"]).read_text()
+    assert "came before otf run started" in log and "continue with `otf run" in log
