@@ -20,10 +20,10 @@ import pytest
 import yaml
 from conftest import REPO, run_otf
 
-from otf_flows.backends.reference import run_command
+from otf_flows.backends.reference import RUN_KEYS, run_command, settings_hash
 from otf_flows.campaign import config_from_dict
 from otf_flows.errors import ConfigError, InputError
-from otf_flows.jobs.reference import reference_identity
+from otf_flows.jobs.reference import _label_hashes, reference_identity
 from otf_flows.managers import allocation
 from otf_flows.managers.allocation import BatchSettings, decide, render_script, walltime_seconds
 from otf_flows.managers.local import resume_changes
@@ -191,6 +191,28 @@ def test_run_settings_are_not_part_of_the_labels_hash():
                        ("execution.dft.omp_threads", 2)]:
         assert reference_identity(config_from_dict(_with(CP2K_CAMPAIGN, key, value)))[0] == hashed, key
     assert reference_identity(config_from_dict(_with(CP2K_CAMPAIGN, "reference.cutoff_Ry", 400)))[0] != hashed
+
+
+def test_scf_mixing_is_not_part_of_the_labels_hash_but_is_stored():
+    """Kerker damping (``mixing_beta``, or ``beta`` through input_updates), the mixing scheme and the SCF
+    iteration limit change the SCF's path, not its converged labels: same hash, resumable; the settings
+    stored with the labels still carry them (CP2K's input: test_cp2k_engine.py)."""
+    base = config_from_dict(CP2K_CAMPAIGN)
+    hashed, _ = reference_identity(base)
+    for key, value in [("reference.mixing_beta", 1.5), ("reference.mixing_alpha", 0.2),
+                       ("reference.mixing_nbuffer", 4), ("reference.mixing_method", "PULAY_MIXING"),
+                       ("reference.max_scf", 300), ("reference.input_updates", {"beta": 1.5})]:
+        changed = config_from_dict(_with(CP2K_CAMPAIGN, key, value))
+        assert reference_identity(changed)[0] == hashed, key
+        assert resume_changes(base, changed), key  # accepted, and recorded as a change
+    damped = config_from_dict(_with(CP2K_CAMPAIGN, "reference.mixing_beta", 1.5))
+    assert reference_identity(damped)[1]["mixing_beta"] == 1.5
+    physics = config_from_dict(_with(CP2K_CAMPAIGN, "reference.input_updates", {"beta": 1.5, "cutoff": 400}))
+    assert reference_identity(physics)[0] != hashed
+    assert reference_identity(config_from_dict(_with(CP2K_CAMPAIGN, "reference.eps_scf", 1e-7)))[0] != hashed
+    # a label stored before the SCF keys left the hash is still found by a job rerun across the upgrade
+    old = settings_hash(base.reference.model_dump(mode="json", exclude=set(RUN_KEYS) | {"mixing_beta"}))
+    assert old in _label_hashes(base, hashed)
 
 
 @pytest.mark.parametrize(("key", "value"), [

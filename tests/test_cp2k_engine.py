@@ -306,6 +306,14 @@ def test_element_data_is_parsed_once_and_again_when_it_changes(tmp_path, monkeyp
         assert load()["basis_sets"]["a"]["name"] == "Z" and len(parsed) == 2
 
 
+def test_mixing_beta_is_cp2ks_kerker_damping(pmg_data):
+    assert "beta" not in input_settings(Cp2kReference(), ["Si"] * 8, pmg_data)  # atomate2's 0.01
+    damped = input_settings(Cp2kReference(mixing_beta=1.5), ["Si"] * 8, pmg_data)
+    assert damped["beta"] == 1.5 and damped["mixing_method"] == "BROYDEN_MIXING"
+    with pytest.raises(ValueError, match="mixing_beta"):
+        Cp2kReference(mixing_beta=0)
+
+
 def test_input_settings_use_fast_restricted_defaults(pmg_data):
     settings = input_settings(Cp2kReference(), ["Si"] * 8, pmg_data)
     basis_hash, potential_hash, valence = resolve_basis_and_potential(

@@ -314,6 +314,8 @@ def input_settings(settings: Cp2kReference, symbols: list[str], data_dir: str | 
         "nbuffer": settings.mixing_nbuffer,
         "override_default_params": {"FORCE_EVAL": {"DFT": {**spin, "SCF": scf}}},
     }
+    if settings.mixing_beta is not None:
+        updates["beta"] = settings.mixing_beta
     if smearing:
         updates["elec_temp"] = settings.electronic_temperature_K
     return _merge(updates, settings.input_updates)

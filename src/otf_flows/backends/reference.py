@@ -24,12 +24,20 @@ from otf_flows.errors import BackendUnavailableError, ConfigError, ReferenceFail
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUN_KEYS", "AseEngine", "Labels", "ReferenceEngine", "allocation_tasks", "get_engine", "run_command",
+__all__ = ["RUN_KEYS", "SCF_PATH_KEYS", "SCF_PATH_UPDATES", "AseEngine", "Labels", "ReferenceEngine", "allocation_tasks", "get_engine", "run_command",
            "settings_hash"]
 
 RUN_KEYS = frozenset({"retries", "cp2k_cmd", "omp_threads", "custodian_max_errors", "vasp_cmd", "vasp_gamma_cmd"})
 """Keys of a ``reference`` block that say how to run the engine, not what it computes: they are
 in no hash of the labels and may change on ``--resume`` (more cores, another MPI launcher)."""
+
+SCF_PATH_KEYS = frozenset({"max_scf", "mixing_method", "mixing_alpha", "mixing_nbuffer", "mixing_beta", "nelm"})
+"""Keys of a ``reference`` block that change how the SCF gets to its converged solution (mixing,
+damping, iteration limit), not the solution (converged to ``eps_scf``/``EDIFF``, which stay in the
+hash): like :data:`RUN_KEYS` in no hash of the labels and free to change on ``--resume``."""
+
+SCF_PATH_UPDATES = frozenset({"alpha", "beta", "nbuffer", "mixing_method", "n_simple_mix"})
+"""The same for keywords of pymatgen's ``DftSet`` given through ``reference.input_updates``."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.reference import RUN_KEYS, Labels, ReferenceEngine, get_engine, settings_hash
+from otf_flows.backends.reference import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES, Labels, ReferenceEngine, get_engine, settings_hash
 from otf_flows.campaign import CampaignConfig
 from otf_flows.data import import_previous_data
 from otf_flows.dirs import cache_dir
@@ -28,17 +28,33 @@ logger = logging.getLogger(__name__)
 
 
 def reference_identity(config) -> tuple[str, dict]:
-    """Hash and plain dict of the campaign's reference settings: what the labels depend on, without
-    how the engine is run (:data:`~otf_flows.backends.reference.RUN_KEYS`: command, threads, retries)."""
+    """Hash and plain dict of the campaign's reference settings: the hash covers what the labels depend
+    on, without how the engine is run (:data:`~otf_flows.backends.reference.RUN_KEYS`: command, threads,
+    retries) or how the SCF gets there (:data:`~otf_flows.backends.reference.SCF_PATH_KEYS`: mixing,
+    damping, iteration limit); the dict (stored with every label) keeps the SCF settings too."""
     settings = config.reference.model_dump(mode="json", exclude=set(RUN_KEYS))
-    return settings_hash(settings), settings
+    return settings_hash(_physics(settings)), settings
+
+
+def _physics(settings: dict) -> dict:
+    """``settings`` without the keys that only change the SCF's path to its solution."""
+    out = {key: value for key, value in settings.items() if key not in SCF_PATH_KEYS}
+    if isinstance(out.get("input_updates"), dict):
+        out["input_updates"] = {k: v for k, v in out["input_updates"].items() if k not in SCF_PATH_UPDATES}
+    return out
 
 
 def _label_hashes(config, ref_hash: str) -> set[str]:
-    """``ref_hash`` and the hash labels of these settings had before run settings left the hash (so a
-    job interrupted across that upgrade still finds its label instead of computing it twice)."""
-    legacy = settings_hash(config.reference.model_dump(mode="json", exclude={"retries"}))
-    return {ref_hash, legacy}
+    """``ref_hash`` and the hashes labels of these settings had before run settings, then SCF settings,
+    left the hash (so a job interrupted across such an upgrade still finds its label instead of
+    computing it twice)."""
+    hashes = {ref_hash}
+    for exclude in (set(RUN_KEYS), {"retries"}):
+        dump = config.reference.model_dump(mode="json", exclude=exclude)
+        if dump.get("mixing_beta", 0) is None:  # a field added with SCF_PATH_KEYS: absent from older hashes
+            dump.pop("mixing_beta")
+        hashes.add(settings_hash(dump))
+    return hashes
 
 
 _checked: set[str] = set()

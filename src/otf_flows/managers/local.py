@@ -20,7 +20,7 @@ from random import randint
 
 from jobflow import Flow, Job
 
-from otf_flows.backends.reference import RUN_KEYS
+from otf_flows.backends.reference import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
 from otf_flows.campaign import CampaignConfig
 from otf_flows.dirs import runs_dir, scratch_dir
 from otf_flows.errors import InputError
@@ -148,11 +148,12 @@ RESUMABLE_KEYS = frozenset({
     "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
     "uncertainty", "validation", "execution", "md.total_steps", "md.trajectory_interval", "md.guard",
     "model.num_threads", "refit.train_on", "refit.every_new_labels", "refit.virials",
-    *(f"reference.{key}" for key in RUN_KEYS),
+    *(f"reference.{key}" for key in RUN_KEYS | SCF_PATH_KEYS),
+    *(f"reference.input_updates.{key}" for key in SCF_PATH_UPDATES),
 })
 """Keys (top-level or dotted, with everything below them) that ``--resume`` may change: among them
-everything about resources (``execution``, threads, the DFT run command, retries), none of which is
-in the labels' hash."""
+everything about resources (``execution``, threads, the DFT run command, retries) and the SCF's
+mixing and iteration limit, none of which is in the labels' hash."""
 
 IGNORED_KEYS = frozenset({"store"})
 """Keys never compared on resume (``--store`` / ``OTF_STORE`` override them)."""
