@@ -419,7 +419,7 @@ def test_a_walltime_warning_before_otf_run_starts_still_stops_it_resumably(tmp_p
     proc.send_signal(signal.SIGUSR1)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, (proc.returncode, stdout, stderr)
-    assert "exited with 3 (signal: warning)" in stdout and "resubmitted as job 4242" in stdout
+    assert "otf run not started (signal: warning came first)" in stdout and "resubmitted as job 4242" in stdout
     row = OtfStore(str(store)).collection("allocations").query_one({"campaign": "cu-emt"})
     assert row["exit_code"] == 3 and row["resubmit"] and row["next_job_id"] == "4242"
     log = Path(row["log"]).read_text()
