@@ -18,7 +18,12 @@ errors of every check after the first 10 % of the steps.
 
     python benchmarks/speedup_aimd.py            # full: about 30-50 min on 2 cores
     python benchmarks/speedup_aimd.py --quick    # Si8, cheap CP2K settings, 11 steps (about 1 min)
-    python benchmarks/speedup_aimd.py --config benchmarks/configs/si64-cp2k.yaml --tag si64   # Si64 (issue 15)
+    python benchmarks/speedup_aimd.py --config benchmarks/configs/si64-cp2k.yaml --tag si64 \
+        --workdir ../otf-bench-si64 --stop-after 5400   # Si64 (issue 15), many hours: in parts of 1.5 h
+
+``--workdir DIR`` keeps the baselines (``DIR/baselines.json``), the campaign's store and the timings
+of every part; the same command continues where the last part stopped (``--stop-after``, SIGTERM or
+a killed run), and the results cover the whole campaign.
 
 Also reported: the limit (AIMD step / ML-MD step), the speed-up after the last refit (steady state)
 against that limit, and from the measured costs how many steps a run needs for 200x.
@@ -26,7 +31,9 @@ against that limit, and from the measured costs how many steps a run needs for 2
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import os
 import re
 import subprocess
@@ -136,6 +143,29 @@ def aimd_through_engine(config, n_steps: int, workdir: Path) -> dict:
     }
 
 
+def baselines(config, place: Path, aimd_steps: int, native_steps: int) -> tuple[dict, dict]:
+    """The two AIMD baselines (through the engine, CP2K's own MD), measured once per ``place``: kept in
+    ``place/baselines.json`` with the reference settings they were measured with, and read back from
+    there by a later part of the same run (refused if the settings differ)."""
+    from otf_flows.jobs.reference import reference_identity
+
+    saved = place / "baselines.json"
+    ref_hash, _ = reference_identity(config)
+    if saved.exists():
+        data = json.loads(saved.read_text())
+        if data["reference_hash"] != ref_hash:
+            raise SystemExit(f"{NAME}: {saved} was measured with other reference settings; use another --workdir")
+        print(f"[{NAME}] AIMD baselines from {saved}: engine step {data['aimd_engine']['step_cost_s']:.1f} s, "
+              f"CP2K MD step {data['aimd_native']['step_cost_s']:.1f} s", file=sys.stderr)
+        return data["aimd_engine"], data["aimd_native"]
+    print(f"[{NAME}] AIMD through the engine: {aimd_steps} steps", file=sys.stderr)
+    engine = aimd_through_engine(config, aimd_steps, place / "aimd_engine")
+    print(f"[{NAME}] AIMD step {engine['step_cost_s']:.1f} s; CP2K's own MD: {native_steps} steps", file=sys.stderr)
+    native = aimd_native(config, Path(engine.pop("template_dir")), native_steps, place / "aimd_native")
+    saved.write_text(json.dumps({"reference_hash": ref_hash, "aimd_engine": engine, "aimd_native": native}, indent=1))
+    return engine, native
+
+
 def _read_maybe_gz(directory: Path, name: str) -> bytes:
     plain, packed = directory / name, directory / f"{name}.gz"
     if plain.exists():
@@ -203,18 +233,42 @@ def cp2k_internal_seconds(root: Path) -> list[float]:
     return times
 
 
-def run_otf(config, store_dir: Path) -> dict:
+def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_file: Path | None = None) -> dict:
+    """The campaign on the store in ``store_dir``, timed job by job; continued if the store holds it.
+
+    With ``stop_after`` the campaign stops cleanly at the first job boundary after that many seconds
+    (the running DFT call finishes) and is resumed by the next call. ``chunks_file`` keeps the timer's
+    split of every part, so the results cover the whole campaign however many parts it ran in.
+    """
     from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.managers.stopping import GracefulStop
     from otf_flows.store import OtfStore
     from otf_flows.trajectory import campaign_segments
 
     store = OtfStore(str(store_dir))
-    flow = prepare_campaign(config, store)
-    with CampaignTimer() as timer:
-        start = time.perf_counter()
-        doc = run_campaign(config, store, flow)
-        measured = time.perf_counter() - start
     name = config.name
+    existing = store.get_campaign(name)
+    chunks = json.loads(chunks_file.read_text()) if chunks_file is not None and chunks_file.exists() else []
+    if existing is None or existing.status != "completed":
+        if existing is not None:
+            print(f"[{NAME}] continuing campaign {name} at step {existing.step} of {config.md.total_steps} "
+                  f"({existing.wall_seconds:.0f} s so far, status {existing.status})", file=sys.stderr)
+        flow = prepare_campaign(config, store, resume=existing is not None)
+        stop = GracefulStop(after_s=stop_after, grace_s=3600.0) if stop_after else contextlib.nullcontext()
+        with CampaignTimer() as timer, stop:
+            start = time.perf_counter()
+            doc = run_campaign(config, store, flow, stop=stop if stop_after else None)
+            measured = time.perf_counter() - start
+        chunks.append({"wall_s": measured, "fine": timer.split(measured), "by_category": timer.by_category(),
+                       "status": doc.status, "step": doc.step})
+        if chunks_file is not None:
+            chunks_file.write_text(json.dumps(chunks, indent=1))
+    else:
+        doc = existing
+        if not chunks:
+            raise SystemExit(f"{NAME}: campaign {name} is complete in {store_dir} but its timings "
+                             f"({chunks_file}) are missing")
+    measured = sum(c["wall_s"] for c in chunks)
     total = config.md.total_steps
     ledger = [d for d in store.collection("ledger").query({"campaign": name})]
     ref_entries = [d for d in ledger if d["kind"] == "reference"]
@@ -227,7 +281,8 @@ def run_otf(config, store_dir: Path) -> dict:
     n_dft = len(ref_entries)
     segments = [seg for seg in campaign_segments(store, name) if seg.model_id is not None]
     ml_steps = sum(seg.step - seg.start_step for seg in segments)
-    fine = timer.split(wall)
+    fine = _summed([c["fine"] for c in chunks])
+    fine["wall_s"] = wall
     result = {
         "campaign": name,
         "status": doc.status,
@@ -242,7 +297,7 @@ def run_otf(config, store_dir: Path) -> dict:
         "guard_trips": sum(1 for c in checks if c.kind == "guard"),
         "fits": len(models),
         "refits": max(len(models) - 1, 0),
-        "md_steps_per_dft_call": total / n_dft if n_dft else None,
+        "md_steps_per_dft_call": doc.step / n_dft if n_dft else None,
         "split_s": {
             "reference": split["reference"],
             "fit": split["fit"],
@@ -252,7 +307,8 @@ def run_otf(config, store_dir: Path) -> dict:
         "ml_md_detail_s": {"gap_force": fine["gap_force_md_s"], "md_machinery": fine["md_machinery_s"],
                            "model_loading": fine["model_loading_s"]},
         "fine_split": fine,
-        "jobs_by_category": timer.by_category(),
+        "jobs_by_category": _summed([c["by_category"] for c in chunks]),
+        "parts": [{k: c[k] for k in ("wall_s", "status", "step")} for c in chunks],
         "reference_call_s": stats([d["seconds"] for d in ref_entries]),
         "initial_md_call_s": stats([d["seconds"] for d in ref_entries if d["job"] == "initial-md"]),
         "cp2k_internal_s": stats(cp2k),
@@ -271,10 +327,26 @@ def run_otf(config, store_dir: Path) -> dict:
         "fit_seconds": [m.fit_seconds for m in models],
         "ml_md_steps": ml_steps,
         "ml_md_step_s": split["ml_md"] / ml_steps if ml_steps else None,
-        "steady_state": steady_state(ledger, total),
+        "steady_state": steady_state(ledger, doc.step),
     }
     store.close()
     return result
+
+
+def _summed(parts: list[dict]) -> dict:
+    """Key-wise sums of the parts' numbers (nested dicts summed alike); ratios are recomputed by the caller."""
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict):
+                out[key] = _summed([out.get(key, {}), value])
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+            else:
+                out[key] = value
+    for key in [k for k in out if k.endswith(("_fraction", "_ms_per_job"))]:
+        out.pop(key)
+    return out
 
 
 def steady_state(ledger: list[dict], total_steps: int) -> dict | None:
@@ -342,6 +414,11 @@ def markdown(res: dict, info: dict, wall: float) -> str:
     cfg = res["config"]
     in_run = in_run_aimd_step(otf) or float("nan")
     lines = [header("Speed-up over AIMD (Table I)", res["command"], info, wall), ""]
+    total = res["config"]["md"]["total_steps"]
+    if otf.get("status", "completed") != "completed":
+        lines += [f"**Not finished: the campaign is {otf['status']} at step {otf['md_steps']} of {total}** "
+                  f"(in {len(otf.get('parts', []))} part(s)); every figure below covers the steps run so far. "
+                  "Run the same command again to continue.", ""]
     lines.append(
         f"System: {res['system']}. GAP preset `{cfg['model'].get('preset', 'default')}`, "
         f"{otf['md_steps']} MD steps of {cfg['md']['timestep_fs']} fs, Langevin {cfg['md']['temperature_K']} K; "
@@ -423,7 +500,15 @@ def main(argv=None) -> int:
     p.add_argument("--aimd-steps", type=int, default=None, help="engine-driven AIMD steps (full 3, quick 0: one single point)")
     p.add_argument("--native-steps", type=int, default=None, help="CP2K MD steps (full 6, quick 1)")
     p.add_argument("--tag", default=None, help="write results/speedup_aimd_<tag>.* (e.g. si64)")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="keep everything in DIR and continue from it: the AIMD baselines are measured once "
+                        "(DIR/baselines.json), the campaign resumes from DIR/store (for runs longer than one sitting)")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="stop the campaign cleanly after this long (the running job finishes); run the same "
+                        "command again to continue; results of a stopped run say so")
     args = p.parse_args(argv)
+    if args.stop_after is not None and args.workdir is None:
+        p.error("--stop-after needs --workdir (where the stopped campaign is continued from)")
     name = f"{NAME}_{args.tag}" if args.tag else NAME
     if rerender(args, name, markdown):
         return 0
@@ -441,15 +526,19 @@ def main(argv=None) -> int:
     aimd_steps = args.aimd_steps if args.aimd_steps is not None else (0 if args.quick else 3)
     native_steps = args.native_steps or (1 if args.quick else 6)
 
-    with workdir(args.keep, NAME) as tmp:
-        print(f"[{NAME}] AIMD through the engine: {aimd_steps} steps", file=sys.stderr)
-        engine = aimd_through_engine(config, aimd_steps, tmp / "aimd_engine")
-        print(f"[{NAME}] AIMD step {engine['step_cost_s']:.1f} s; CP2K's own MD: {native_steps} steps",
-              file=sys.stderr)
-        native = aimd_native(config, Path(engine.pop("template_dir")), native_steps, tmp / "aimd_native")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        place = contextlib.nullcontext(args.workdir.resolve())
+    else:
+        place = workdir(args.keep, NAME)
+    with place as tmp:
+        engine, native = baselines(config, tmp, aimd_steps, native_steps)
         print(f"[{NAME}] CP2K MD step {native['step_cost_s']:.1f} s; OTF campaign of "
               f"{config.md.total_steps} steps", file=sys.stderr)
-        otf = run_otf(config, tmp / "store")
+        otf = run_otf(config, tmp / "store", args.stop_after, tmp / "parts.json" if args.workdir else None)
+    if otf["status"] != "completed":
+        print(f"[{NAME}] campaign {otf['status']} at step {otf['md_steps']} of {config.md.total_steps}; "
+              f"continue with the same command", file=sys.stderr)
 
     n = otf["md_steps"]
     ref = config.reference
