@@ -23,13 +23,15 @@ CP2K = shutil.which("cp2k.psmp") or shutil.which("cp2k")
 pytestmark = pytest.mark.slow
 
 
-def run_quick(script: str, out: Path, timeout: float = 600) -> dict:
-    """Run ``benchmarks/<script> --quick --out out``; return its JSON result."""
+def run_quick(script: str, out: Path, timeout: float = 600, args: tuple[str, ...] = (), log: list | None = None) -> dict:
+    """Run ``benchmarks/<script> --quick --out out [args]``; return its JSON result (stderr appended to ``log``)."""
     proc = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
+        [sys.executable, str(BENCH / script), "--quick", "--out", str(out), *args],
         capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if log is not None:
+        log.append(proc.stderr)
     stem = script.removesuffix(".py") + "_quick"
     md = (out / f"{stem}.md").read_text()
     assert md.startswith("## ") and "|---" in md and "--quick" in md
@@ -100,9 +102,22 @@ def test_adaptive_vs_fixed_quick(tmp_path):
 
 @pytest.mark.cp2k
 @pytest.mark.skipif(CP2K is None, reason="cp2k is not on PATH")
-def test_speedup_aimd_quick(tmp_path):
-    data = run_quick("speedup_aimd.py", tmp_path)
+def test_speedup_aimd_quick_in_two_parts(tmp_path):
+    """In two parts (--workdir, --stop-after): the first stops after its first job and says so, the second
+    reads the baselines back, continues the campaign without a DFT call twice, and covers both parts."""
+    work, log = tmp_path / "work", []
+    first = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--stop-after", "1"), log=log)
+    assert first["otf"]["status"] == "stopped" and first["otf"]["md_steps"] < first["config"]["md"]["total_steps"]
+    assert "**Not finished" in (tmp_path / "speedup_aimd_quick.md").read_text()
+    data = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work)), log=log)
+    assert "AIMD baselines from" in log[1] and "continuing campaign" in log[1]
+    assert data["aimd_engine"] == first["aimd_engine"] and data["aimd_native"] == first["aimd_native"]
     otf = data["otf"]
+    assert [p["status"] for p in otf["parts"]] == ["stopped", "completed"]
+    assert math.isclose(otf["wall_s"], sum(p["wall_s"] for p in otf["parts"]), rel_tol=0.02)
+    assert otf["fine_split"]["reference_s"] > first["otf"]["fine_split"]["reference_s"]
+    assert otf["dft_calls"] == len({r["step"] for r in otf["check_rows"]}) + otf["dft_calls_initial"]
+    assert "**Not finished" not in (tmp_path / "speedup_aimd_quick.md").read_text()
     assert otf["status"] == "completed" and otf["md_steps"] == data["config"]["md"]["total_steps"]
     assert math.isclose(sum(otf["split_s"].values()), otf["wall_s"], rel_tol=1e-9)
     assert otf["dft_calls"] == otf["dft_calls_initial"] + otf["dft_calls_checks"] >= 2
