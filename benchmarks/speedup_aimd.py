@@ -144,26 +144,34 @@ def aimd_through_engine(config, n_steps: int, workdir: Path) -> dict:
 
 
 def baselines(config, place: Path, aimd_steps: int, native_steps: int) -> tuple[dict, dict]:
-    """The two AIMD baselines (through the engine, CP2K's own MD), measured once per ``place``: kept in
-    ``place/baselines.json`` with the reference settings they were measured with, and read back from
-    there by a later part of the same run (refused if the settings differ)."""
+    """The two AIMD baselines (through the engine, CP2K's own MD), measured once per ``place``: each is
+    kept in ``place/baselines.json`` as soon as it is measured, with the reference settings it was
+    measured with, and read back from there by a later part of the same run (refused if the settings
+    differ), so a part killed during CP2K's MD keeps the engine baseline."""
     from otf_flows.jobs.reference import reference_identity
 
     saved = place / "baselines.json"
     ref_hash, _ = reference_identity(config)
-    if saved.exists():
-        data = json.loads(saved.read_text())
-        if data["reference_hash"] != ref_hash:
-            raise SystemExit(f"{NAME}: {saved} was measured with other reference settings; use another --workdir")
-        print(f"[{NAME}] AIMD baselines from {saved}: engine step {data['aimd_engine']['step_cost_s']:.1f} s, "
-              f"CP2K MD step {data['aimd_native']['step_cost_s']:.1f} s", file=sys.stderr)
-        return data["aimd_engine"], data["aimd_native"]
-    print(f"[{NAME}] AIMD through the engine: {aimd_steps} steps", file=sys.stderr)
-    engine = aimd_through_engine(config, aimd_steps, place / "aimd_engine")
-    print(f"[{NAME}] AIMD step {engine['step_cost_s']:.1f} s; CP2K's own MD: {native_steps} steps", file=sys.stderr)
-    native = aimd_native(config, Path(engine.pop("template_dir")), native_steps, place / "aimd_native")
-    saved.write_text(json.dumps({"reference_hash": ref_hash, "aimd_engine": engine, "aimd_native": native}, indent=1))
-    return engine, native
+    data = json.loads(saved.read_text()) if saved.exists() else {"reference_hash": ref_hash}
+    if data["reference_hash"] != ref_hash:
+        raise SystemExit(f"{NAME}: {saved} was measured with other reference settings; use another --workdir")
+    if "aimd_engine" in data:
+        print(f"[{NAME}] AIMD through the engine from {saved}: {data['aimd_engine']['step_cost_s']:.1f} s per step",
+              file=sys.stderr)
+    else:
+        print(f"[{NAME}] AIMD through the engine: {aimd_steps} steps", file=sys.stderr)
+        data["aimd_engine"] = aimd_through_engine(config, aimd_steps, place / "aimd_engine")
+        saved.write_text(json.dumps(data, indent=1))
+        print(f"[{NAME}] AIMD step {data['aimd_engine']['step_cost_s']:.1f} s", file=sys.stderr)
+    if "aimd_native" in data:
+        print(f"[{NAME}] CP2K's own MD from {saved}", file=sys.stderr)
+    else:
+        print(f"[{NAME}] CP2K's own MD: {native_steps} steps", file=sys.stderr)
+        data["aimd_native"] = aimd_native(config, Path(data["aimd_engine"]["template_dir"]), native_steps,
+                                          place / "aimd_native")
+        saved.write_text(json.dumps(data, indent=1))
+    engine = {k: v for k, v in data["aimd_engine"].items() if k != "template_dir"}
+    return engine, data["aimd_native"]
 
 
 def _read_maybe_gz(directory: Path, name: str) -> bytes:
