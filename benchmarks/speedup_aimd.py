@@ -23,7 +23,9 @@ errors of every check after the first 10 % of the steps.
 
 ``--workdir DIR`` keeps the baselines (``DIR/baselines.json``), the campaign's store and the timings
 of every part; the same command continues where the last part stopped (``--stop-after``, SIGTERM or
-a killed run), and the results cover the whole campaign.
+a killed run), and the results cover the whole campaign. ``--stop-after`` counts from the campaign's
+start: the baselines are measured first and are not stopped (each is kept once measured; on Si64 at
+the Γ point they took 25 min, with k-points expect ~1.7 h).
 
 Also reported: the limit (AIMD step / ML-MD step), the speed-up after the last refit (steady state)
 against that limit, and from the measured costs how many steps a run needs for 200x.
