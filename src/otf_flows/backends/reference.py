@@ -24,8 +24,8 @@ from otf_flows.errors import BackendUnavailableError, ConfigError, ReferenceFail
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUN_KEYS", "SCF_PATH_KEYS", "SCF_PATH_UPDATES", "AseEngine", "Labels", "ReferenceEngine", "allocation_tasks", "get_engine", "run_command",
-           "settings_hash"]
+__all__ = ["RUN_KEYS", "SCF_PATH_KEYS", "SCF_PATH_UPDATES", "AseEngine", "Labels", "ReferenceEngine",
+           "allocation_tasks", "get_engine", "run_command", "settings_hash"]
 
 RUN_KEYS = frozenset({"retries", "cp2k_cmd", "omp_threads", "custodian_max_errors", "vasp_cmd", "vasp_gamma_cmd"})
 """Keys of a ``reference`` block that say how to run the engine, not what it computes: they are

@@ -13,7 +13,15 @@ from ase.calculators.calculator import Calculator, all_changes
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.reference import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES, Labels, ReferenceEngine, get_engine, settings_hash
+from otf_flows.backends.reference import (
+    RUN_KEYS,
+    SCF_PATH_KEYS,
+    SCF_PATH_UPDATES,
+    Labels,
+    ReferenceEngine,
+    get_engine,
+    settings_hash,
+)
 from otf_flows.campaign import CampaignConfig
 from otf_flows.data import import_previous_data
 from otf_flows.dirs import cache_dir
