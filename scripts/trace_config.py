@@ -33,10 +33,10 @@ LAYERS = [
     ("otf_flows.managers",),
     ("otf_flows.flows",),
     ("otf_flows.jobs",),
-    ("otf_flows.models", "otf_flows.fitting", "otf_flows.validation", "otf_flows.report"),
+    ("otf_flows.fit_export", "otf_flows.fitting", "otf_flows.validation", "otf_flows.report"),
     ("otf_flows.md", "otf_flows.backends", "otf_flows.reference", "otf_flows.ml", "otf_flows.store",
      "otf_flows.structures", "otf_flows.data", "otf_flows.frames", "otf_flows.trajectory"),
-    ("otf_flows.campaign", "otf_flows._config_base", "otf_flows.config_base", "otf_flows.labels",
+    ("otf_flows.campaign", "otf_flows.yaml_config", "otf_flows.config_base", "otf_flows.labels",
      "otf_flows.settings", "otf_flows.schemas", "otf_flows.errors"),
 ]
 

@@ -20,7 +20,6 @@ import pytest
 import yaml
 from conftest import REPO, run_otf
 
-from otf_flows.backends.reference import RUN_KEYS, run_command, settings_hash
 from otf_flows.campaign import config_from_dict
 from otf_flows.errors import ConfigError, InputError
 from otf_flows.jobs.reference import _label_hashes, reference_identity
@@ -28,6 +27,7 @@ from otf_flows.managers import allocation
 from otf_flows.managers.allocation import BatchSettings, decide, render_script, walltime_seconds
 from otf_flows.managers.local import resume_changes
 from otf_flows.managers.stopping import EXIT_STOPPED
+from otf_flows.reference.base import RUN_KEYS, run_command, settings_hash
 from otf_flows.store import OtfStore
 
 CP2K_CAMPAIGN = {

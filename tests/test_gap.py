@@ -7,7 +7,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from otf_flows.backends.gap import (
+from otf_flows.campaign import Refit
+from otf_flows.errors import FitFailedError
+from otf_flows.ml.gap.fit import (
     PRESETS,
     fit_gap,
     format_e0,
@@ -17,8 +19,6 @@ from otf_flows.backends.gap import (
     unpack_model,
     with_option,
 )
-from otf_flows.campaign import Refit
-from otf_flows.errors import FitFailedError
 
 
 def test_command_line_is_built_from_settings():

@@ -21,13 +21,13 @@ from ase.io import read
 from ase.neighborlist import neighbor_list
 from conftest import CONFIGS, run_otf
 
-from otf_flows.backends.reference import AseEngine
 from otf_flows.campaign import GuardSettings, config_from_dict, load_config
 from otf_flows.checks import passes
 from otf_flows.errors import ConfigError, FitFailedError, OtfError
 from otf_flows.jobs.base import forget_stores
 from otf_flows.jobs.decide import rollback_target
 from otf_flows.md.guard import ShortDistances, distance_limits, make_guard
+from otf_flows.reference.base import AseEngine
 from otf_flows.schemas.documents import CheckDoc
 from otf_flows.store import OtfStore
 

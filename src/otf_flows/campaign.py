@@ -17,12 +17,12 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from otf_flows._config_base import Strict as _Strict
-from otf_flows._config_base import load_yaml
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.ml_settings import GapModel, MaceModel
-from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import ConfigError
+from otf_flows.ml.gap.settings import GapModel, MaceModel
+from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.vasp.settings import VaspReference
+from otf_flows.yaml_config import Strict as _Strict
+from otf_flows.yaml_config import load_yaml
 
 __all__ = ["CampaignConfig", "load_config", "config_from_dict", "json_schema"]
 
@@ -337,7 +337,7 @@ ReferenceSettings = Annotated[Union[AseReference, Cp2kReference, VaspReference],
 
 
 ModelSettings = Annotated[Union[GapModel, MaceModel], Field(discriminator="backend")]
-"""The ``model`` block: one schema per ML backend (:mod:`otf_flows.backends.ml_settings`)."""
+"""The ``model`` block: one schema per ML backend (:mod:`otf_flows.ml.gap.settings`)."""
 
 GAP_ONLY_REFIT_KEYS = ("default_sigma", "descriptor_str", "extra_gap_opts", "e0", "e0_method")
 """Keys of the ``refit`` block only the GAP backend reads."""

@@ -17,10 +17,10 @@ import warnings
 import click
 import typer
 
-import otf_flows.commands.campaign  # noqa: F401 - registers the commands
 import otf_flows.commands.cluster  # noqa: F401
-import otf_flows.commands.report  # noqa: F401
 import otf_flows.commands.data  # noqa: F401
+import otf_flows.commands.report  # noqa: F401
+import otf_flows.commands.runs  # noqa: F401 - registers the commands
 from otf_flows.commands import app
 from otf_flows.errors import InputError, OtfError
 

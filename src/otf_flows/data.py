@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from otf_flows.backends.reference import Labels
 from otf_flows.errors import InputError
 from otf_flows.frames import frame_from_labels
+from otf_flows.reference.base import Labels
 from otf_flows.schemas.documents import FrameDoc, Provenance
 
 logger = logging.getLogger(__name__)

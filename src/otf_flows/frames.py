@@ -6,8 +6,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from otf_flows.backends.ml import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
-from otf_flows.backends.reference import Labels
+from otf_flows.ml.base import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
+from otf_flows.reference.base import Labels
 from otf_flows.schemas.documents import FrameDoc, Provenance
 
 

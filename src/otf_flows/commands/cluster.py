@@ -70,7 +70,7 @@ def submit(
     cfg = load_config(config)
     st = open_store_arg(store, cfg.store, must_exist=False)
     if check_engine:
-        from otf_flows.backends.reference import get_engine
+        from otf_flows.reference.base import get_engine
 
         get_engine(cfg.reference, omp_threads=cfg.execution.dft.omp_threads).check_available()
     if batch is not None:

@@ -172,12 +172,12 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
     import yaml
     from pydantic import ValidationError
 
-    from otf_flows._config_base import load_yaml
-    from otf_flows.backends.gap_presets import preset_names
-    from otf_flows.backends.ml_settings import GapModel, MaceModel
     from otf_flows.campaign import GAP_ONLY_REFIT_KEYS, Refit
     from otf_flows.data import frames_from_xyz
-    from otf_flows.models import fit_and_register
+    from otf_flows.fit_export import fit_and_register
+    from otf_flows.ml.gap.presets import preset_names
+    from otf_flows.ml.gap.settings import GapModel, MaceModel
+    from otf_flows.yaml_config import load_yaml
 
     if preset is not None and preset not in preset_names():
         raise InputError(f"--preset: {preset!r} is not one of {', '.join(preset_names())}")
@@ -278,8 +278,8 @@ def export_model(model_id: str = typer.Argument(..., help="Model id."),
                  store: Optional[str] = StoreOpt) -> None:
     """Model files for stand-alone MD (GAP: XML + sparseX; MACE: mace.model and a pair_style mace model),
     a LAMMPS snippet, an ASE example and the campaign's final state as a LAMMPS data file (units metal)."""
-    from otf_flows.models import LAMMPS_DATA
-    from otf_flows.models import export_model as export
+    from otf_flows.fit_export import LAMMPS_DATA
+    from otf_flows.fit_export import export_model as export
 
     st = open_store_arg(store)
     files = export(st, model_id, dest)

@@ -3,7 +3,7 @@
 The Maker's fields are the campaign YAML's blocks, as the same pydantic models
 (:class:`~otf_flows.campaign.MDSettings`, :class:`~otf_flows.campaign.Tolerances`, ...) or plain
 mappings of them; ``reference_maker`` is an atomate2 CP2K/VASP static Maker, an ASE calculator or
-a reference block (:mod:`otf_flows.backends.makers`); the structure is the argument of ``make``.
+a reference block (:mod:`otf_flows.reference.from_maker`); the structure is the argument of ``make``.
 The flow's first job registers the campaign in the store (the rules of ``otf run``: a new name,
 or the resume rules with ``resume``); every job's Maker carries the campaign's settings.
 """
@@ -20,7 +20,6 @@ from jobflow import Flow, Maker, OutputReference, Response, job
 from monty.json import MontyDecoder
 from pydantic import TypeAdapter, ValidationError
 
-from otf_flows.backends.makers import reference_from_maker
 from otf_flows.campaign import (
     AdaptiveMethodParameters,
     CampaignConfig,
@@ -38,10 +37,11 @@ from otf_flows.campaign import (
     load_config,
 )
 from otf_flows.errors import ConfigError
-from otf_flows.flows.campaign import campaign_flow
+from otf_flows.flows.graph import campaign_flow
 from otf_flows.jobs.base import open_store
 from otf_flows.jobs.routing import route
 from otf_flows.managers.local import prepare_campaign
+from otf_flows.reference.from_maker import reference_from_maker
 from otf_flows.store import OtfStore, resolve_location
 from otf_flows.structures import structure_spec
 
@@ -77,7 +77,7 @@ class OtfMDMaker(Maker):
         Campaign name, unique in the store (letters, digits, ``. _ -``); also the flow's name.
     reference_maker
         The reference: an atomate2 ``StaticMaker`` (CP2K or VASP), an ASE calculator class or
-        instance, or a ``reference`` block; see :mod:`otf_flows.backends.makers` for what carries over.
+        instance, or a ``reference`` block; see :mod:`otf_flows.reference.from_maker` for what carries over.
     md, num_initial_steps, check_interval, adaptive_method_parameters, tolerances, can_update, \
 rollback_on_fail, model, refit, uncertainty, validation, execution
         The campaign's settings (:class:`~otf_flows.campaign.CampaignConfig`).

@@ -6,9 +6,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from otf_flows.backends.ml import get_backend
 from otf_flows.campaign import CampaignConfig
 from otf_flows.dirs import cache_dir
+from otf_flows.ml.base import get_backend
 from otf_flows.schemas.documents import LedgerEntry
 from otf_flows.store import OtfStore
 

@@ -13,7 +13,14 @@ from ase.calculators.calculator import Calculator, all_changes
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.reference import (
+from otf_flows.campaign import CampaignConfig
+from otf_flows.data import import_previous_data
+from otf_flows.dirs import cache_dir
+from otf_flows.faults import failpoint
+from otf_flows.frames import frame_from_labels
+from otf_flows.jobs.base import job_settings, timed
+from otf_flows.md.segment import MDState, initial_state, run_segment
+from otf_flows.reference.base import (
     RUN_KEYS,
     SCF_PATH_KEYS,
     SCF_PATH_UPDATES,
@@ -22,13 +29,6 @@ from otf_flows.backends.reference import (
     get_engine,
     settings_hash,
 )
-from otf_flows.campaign import CampaignConfig
-from otf_flows.data import import_previous_data
-from otf_flows.dirs import cache_dir
-from otf_flows.faults import failpoint
-from otf_flows.frames import frame_from_labels
-from otf_flows.jobs.base import job_settings, timed
-from otf_flows.md.segment import MDState, initial_state, run_segment
 from otf_flows.schemas.documents import FrameDoc, StateDoc
 from otf_flows.structures import build_structure
 
@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 def reference_identity(config) -> tuple[str, dict]:
     """Hash and plain dict of the campaign's reference settings: the hash covers what the labels depend
-    on, without how the engine is run (:data:`~otf_flows.backends.reference.RUN_KEYS`: command, threads,
-    retries) or how the SCF gets there (:data:`~otf_flows.backends.reference.SCF_PATH_KEYS`: mixing,
+    on, without how the engine is run (:data:`~otf_flows.reference.base.RUN_KEYS`: command, threads,
+    retries) or how the SCF gets there (:data:`~otf_flows.reference.base.SCF_PATH_KEYS`: mixing,
     damping, iteration limit); the dict (stored with every label) keeps the SCF settings too."""
     settings = config.reference.model_dump(mode="json", exclude=set(RUN_KEYS))
     return settings_hash(_physics(settings)), settings

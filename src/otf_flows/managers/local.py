@@ -20,14 +20,14 @@ from random import randint
 
 from jobflow import Flow, Job
 
-from otf_flows.backends.reference import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
 from otf_flows.campaign import CampaignConfig
 from otf_flows.dirs import runs_dir, scratch_dir
 from otf_flows.errors import InputError
 from otf_flows.faults import failpoint
-from otf_flows.flows.campaign import campaign_flow, resume_flow
+from otf_flows.flows.graph import campaign_flow, resume_flow
 from otf_flows.jobs.base import forget_stores
 from otf_flows.managers.stopping import Abandoned, GracefulStop
+from otf_flows.reference.base import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
 from otf_flows.schemas.documents import CampaignDoc
 from otf_flows.store import OtfStore
 
@@ -97,7 +97,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     :data:`RESUMABLE_KEYS`; nothing is written then. Accepted changes are stored (the jobs
     read the new settings from the resumed step on) and recorded in ``CampaignDoc.changes``.
     """
-    from otf_flows.backends.reference import get_engine
+    from otf_flows.reference.base import get_engine
 
     if not resume:
         validate_inputs(config)

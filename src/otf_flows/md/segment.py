@@ -164,7 +164,7 @@ class UncertaintyMonitor:
     Parameters
     ----------
     probe
-        The model's uncertainty probe (see :class:`otf_flows.backends.gap.GapUncertainty`):
+        The model's uncertainty probe (see :class:`otf_flows.ml.gap.fit.GapUncertainty`):
         ``arm()`` makes the next model calculation also compute the uncertainty,
         ``disarm()`` stops that, ``value(atoms)`` returns it for the current frame (eV),
         computing it if the last calculation did not.
@@ -247,6 +247,7 @@ def run_segment(
     segment ends early.
     """
     import time
+
     from ase.calculators.singlepoint import SinglePointCalculator
 
     atoms = state.to_atoms()
@@ -319,7 +320,7 @@ def run_segment(
     virial = None
     if periodic:
         try:
-            from otf_flows.backends.reference import virial_from_stress
+            from otf_flows.reference.base import virial_from_stress
 
             virial = virial_from_stress(atoms.get_stress(voigt=False), atoms.get_volume())
         except NotImplementedError:
@@ -343,7 +344,7 @@ def _labelled_by_model(frame: Atoms, calculator, step: int, periodic: bool) -> d
     calculator.calculate(frame, properties)
     virial = None
     if "stress" in properties:
-        from otf_flows.backends.reference import virial_from_stress
+        from otf_flows.reference.base import virial_from_stress
         virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume()).tolist()
     return {"step": int(step), "numbers": frame.numbers.tolist(), "positions": frame.positions.tolist(),
             "cell": np.array(frame.cell).tolist(), "pbc": frame.pbc.tolist(),

@@ -209,11 +209,11 @@ def get_engine(settings, omp_threads: int | None = None, cache_dir: Path | None 
     if settings.engine == "ase":
         return AseEngine(settings.calculator, settings.kwargs, settings.retries)
     if settings.engine == "cp2k":
-        from otf_flows.backends.cp2k import Cp2kEngine
+        from otf_flows.reference.cp2k.engine import Cp2kEngine
 
         return Cp2kEngine(settings, omp_threads=omp_threads, cache_dir=cache_dir)
     if settings.engine == "vasp":
-        from otf_flows.backends.vasp import VaspEngine
+        from otf_flows.reference.vasp.engine import VaspEngine
 
         return VaspEngine(settings)
     raise ConfigError(f"reference.engine: {settings.engine!r} is not one of ase, cp2k, vasp")

@@ -19,8 +19,8 @@ import numpy as np
 from ase import Atoms
 from ase.io import write
 
-from otf_flows.backends.ml import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, FitResult, pack_dir, unpack_dir
 from otf_flows.errors import BackendUnavailableError, ConfigError, FitFailedError
+from otf_flows.ml.base import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, FitResult, pack_dir, unpack_dir
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def descriptor_for(preset: str, descriptor_str: str | None = None, numbers=None)
     ``numbers`` are the atomic numbers of the training data (for species-generic presets).
     The one place where a preset name becomes a descriptor string.
     """
-    from otf_flows.backends import gap_presets
+    from otf_flows.ml.gap import presets as gap_presets
 
     if descriptor_str:
         return descriptor_str

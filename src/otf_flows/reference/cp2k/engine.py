@@ -9,7 +9,7 @@ instead of every second (see ``benchmarks/engine_overhead.py``). Consecutive fra
 reference-driven MD can start their SCF from the previous frame's wavefunction
 (:meth:`Cp2kEngine.label`'s ``restart``). Units are converted here, once: the task document gives
 energies in eV but forces in Hartree/Bohr and the stress in GPa with CP2K's sign (positive
-under compression); :class:`~otf_flows.backends.reference.Labels` hold eV, eV/Å and the
+under compression); :class:`~otf_flows.reference.base.Labels` hold eV, eV/Å and the
 virial in eV.
 """
 
@@ -34,16 +34,16 @@ import numpy as np
 import yaml
 from ase import Atoms, units
 
-from otf_flows.backends.cp2k_env import (
+from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
+from otf_flows.reference.base import Labels, run_command
+from otf_flows.reference.cp2k.env import (
     cp2k_environment,
     cp2k_program,
     ensure_pmg_cp2k_data,
     find_cp2k,
     find_cp2k_data,
 )
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.reference import Labels, run_command
-from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
+from otf_flows.reference.cp2k.settings import Cp2kReference
 
 logger = logging.getLogger(__name__)
 

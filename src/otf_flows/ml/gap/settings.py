@@ -1,7 +1,7 @@
 """ML model settings (the YAML's ``model: {backend: gap|mace, ...}`` block), one schema per backend.
 
 Only pydantic here: :mod:`otf_flows.campaign` imports this module; the backends themselves
-(:mod:`otf_flows.backends.gap`, :mod:`otf_flows.backends.mace`) import quippy and torch lazily.
+(:mod:`otf_flows.ml.gap.fit`, :mod:`otf_flows.ml.mace.backend`) import quippy and torch lazily.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.yaml_config import Strict
 
 __all__ = ["GapModel", "MaceModel"]
 

@@ -3,7 +3,7 @@
 A backend fits a model directory from labelled frames (optionally continuing from a parent's
 directory), turns a model directory into an ASE calculator (energy, forces, stress), may give
 an uncertainty probe for the ML-MD trigger, and exports a model for stand-alone ASE and LAMMPS
-use. Jobs, validation and :mod:`otf_flows.models` speak only this protocol; the store keeps a
+use. Jobs, validation and :mod:`otf_flows.fit_export` speak only this protocol; the store keeps a
 model directory as a tar.gz archive (:func:`pack_dir`, :func:`unpack_dir`). Heavy imports
 (quippy, torch) live inside the backends.
 """
@@ -135,11 +135,11 @@ def unpack_dir(data: bytes, dest: Path) -> Path:
 def get_backend(name: str) -> MLBackend:
     """The backend called ``name`` (``model.backend``; ``ModelDoc.backend`` of a stored model)."""
     if name == "gap":
-        from otf_flows.backends.gap_backend import GapBackend
+        from otf_flows.ml.gap.backend import GapBackend
 
         return GapBackend()
     if name == "mace":
-        from otf_flows.backends.mace import MaceBackend
+        from otf_flows.ml.mace.backend import MaceBackend
 
         return MaceBackend()
     raise ConfigError(f"model.backend: {name!r} is not one of {', '.join(BACKENDS)}")

@@ -1,7 +1,7 @@
 """VASP reference settings (the YAML's ``reference: {engine: vasp, ...}`` block).
 
 Only pydantic here: :mod:`otf_flows.campaign` imports this module, the engine itself
-(:mod:`otf_flows.backends.vasp`) imports atomate2 lazily.
+(:mod:`otf_flows.reference.vasp.engine`) imports atomate2 lazily.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.yaml_config import Strict
 
 __all__ = ["VaspReference"]
 

@@ -1,7 +1,7 @@
 """CP2K reference settings (the YAML's ``reference: {engine: cp2k, ...}`` block).
 
 Only pydantic here: :mod:`otf_flows.campaign` imports this module, the engine itself
-(:mod:`otf_flows.backends.cp2k`) imports atomate2 lazily.
+(:mod:`otf_flows.reference.cp2k.engine`) imports atomate2 lazily.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.yaml_config import Strict
 
 __all__ = ["Cp2kReference"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
-from otf_flows.backends.reference import Labels, run_command
-from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import BackendUnavailableError, InputError, ReferenceFailedError
+from otf_flows.reference.base import Labels, run_command
+from otf_flows.reference.vasp.settings import VaspReference
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
 - a reference block: :class:`~otf_flows.campaign.AseReference`, :class:`Cp2kReference`,
   :class:`VaspReference`, or the YAML's mapping.
 
-The engines of :mod:`otf_flows.backends.reference` build their own atomate2 ``StaticMaker`` for
+The engines of :mod:`otf_flows.reference.base` build their own atomate2 ``StaticMaker`` for
 every label (with the project's fast MD-checking defaults), so a Maker is mapped onto their
 settings, exactly where it can be, and refused where it cannot:
 
@@ -43,10 +43,10 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.campaign import AseReference, ReferenceSettings
 from otf_flows.errors import ConfigError
+from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.vasp.settings import VaspReference
 
 __all__ = ["reference_from_maker"]
 
@@ -156,7 +156,7 @@ def _check_maker(maker, generator_cls, generator_fields: set[str], run_key: str,
         raise ConfigError(
             f"reference_maker: {', '.join(problems)} cannot be carried over to the {kind} reference engine (it takes "
             f"{', '.join(sorted(generator_fields))} and {run_key} {', '.join(sorted(run_allowed))}; see "
-            "otf_flows.backends.makers)"
+            "otf_flows.reference.from_maker)"
         )
 
 

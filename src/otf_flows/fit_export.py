@@ -7,11 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-from otf_flows.backends.ml import get_backend
-from otf_flows.backends.ml_settings import GapModel
 from otf_flows.errors import InputError
 from otf_flows.frames import frame_to_atoms
 from otf_flows.jobs.fit import register_fit
+from otf_flows.ml.base import get_backend
+from otf_flows.ml.gap.settings import GapModel
 from otf_flows.schemas.documents import FrameDoc, ModelDoc
 
 

@@ -1,6 +1,6 @@
 """The species-generic ``fast`` GAP preset (soap_turbo + a short two-body term).
 
-The paper's Table II presets (``otf_flows.backends.gap.PRESETS``) stay as they are; ``fast``
+The paper's Table II presets (``otf_flows.ml.gap.fit.PRESETS``) stay as they are; ``fast``
 is our own, chosen by measurement (``benchmarks/gap_presets.py``, results in
 ``benchmarks/results/gap_presets.md``): a 5 Å two-body term plus one ``soap_turbo`` term per
 central species. Measured on 2026-12-01 against the l-Si preset: 4.1-4.9x cheaper per force
@@ -99,7 +99,7 @@ def fast_descriptor(
 
 def preset_names() -> list[str]:
     """Every preset name ``descriptor_for`` knows: the paper's and ``fast``."""
-    from otf_flows.backends.gap import PRESETS  # here, not at the top: gap.py may import this module
+    from otf_flows.ml.gap.fit import PRESETS  # here, not at the top: gap.py may import this module
 
     return [*PRESETS, "fast"]
 
@@ -116,7 +116,7 @@ def descriptor_for(preset: str, numbers: Iterable[int] | None = None) -> str:
         if numbers is None:
             raise ValueError("the fast preset is species-generic: pass the system's atomic numbers")
         return fast_descriptor(numbers)
-    from otf_flows.backends.gap import PRESETS  # here, not at the top: gap.py may import this module
+    from otf_flows.ml.gap.fit import PRESETS  # here, not at the top: gap.py may import this module
 
     try:
         return PRESETS[preset]
