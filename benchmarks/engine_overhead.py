@@ -156,7 +156,7 @@ def md_with_restart(engine, config, n_steps: int, tmp: Path) -> tuple[list[dict]
 
 
 def measure(config, n_steps: int, tmp: Path) -> dict:
-    from otf_flows.reference.base import get_engine
+    from otf_flows.reference.registry import get_engine
 
     engine = get_engine(config.reference)
     engine.check_available()

@@ -79,7 +79,8 @@ def fit_model(system: dict, root: Path):
     from ase.build import bulk
 
     from otf_flows.campaign import Refit
-    from otf_flows.ml.gap.fit import PRESETS, fit_gap
+    from otf_flows.ml.gap.fit import fit_gap
+    from otf_flows.ml.gap.presets import PRESETS
 
     atoms = bulk(system["element"], system["crystal"], a=system["a"], cubic=True).repeat(system["repeat"])
     atoms.rattle(0.05, seed=3)

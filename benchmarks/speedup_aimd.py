@@ -119,7 +119,7 @@ def engine_calculator(engine, workdir: Path):
 def aimd_through_engine(config, n_steps: int, workdir: Path) -> dict:
     """``n_steps`` of MD driven by the campaign's reference engine; the cost of each DFT call."""
     from otf_flows.md.segment import initial_state, run_segment
-    from otf_flows.reference.base import get_engine
+    from otf_flows.reference.registry import get_engine
     from otf_flows.structures import build_structure
 
     engine = get_engine(config.reference)
@@ -250,7 +250,8 @@ def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_fil
     (the running DFT call finishes) and is resumed by the next call. ``chunks_file`` keeps the timer's
     split of every part, so the results cover the whole campaign however many parts it ran in.
     """
-    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
+    from otf_flows.managers.local import run_campaign
     from otf_flows.managers.stopping import GracefulStop
     from otf_flows.store import OtfStore
     from otf_flows.trajectory import campaign_segments

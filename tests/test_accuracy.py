@@ -151,7 +151,7 @@ def test_most_uncertain_frame_is_returned_with_the_model_labels(cu_config):
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from otf_flows.reference.base import virial_from_stress
+    from otf_flows.labels import virial_from_stress
 
     md = config_from_dict(_short(cu_config)).md
     state = initial_state(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), md)
@@ -211,7 +211,7 @@ def test_gap_uncertainty_probe_matches_a_direct_variance_call(campaigns):
     pot = model_calculator(st, "acc-v1")
     probe = GapUncertainty(pot)
     md = config_from_dict(data).md
-    from otf_flows.jobs.reference import state_from_doc
+    from otf_flows.md.state import state_from_doc
 
     start = state_from_doc(st.get_state("acc:state:5:initial"))
 

@@ -23,8 +23,8 @@ from monty.json import MontyDecoder
 
 from otf_flows import OtfMDMaker
 from otf_flows.campaign import CampaignConfig
+from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.managers.fireworks import OtfJobStore
-from otf_flows.managers.local import prepare_campaign
 from otf_flows.store import OtfStore
 
 DATA = Path(__file__).parent / "data" / "compat"

@@ -23,7 +23,7 @@ from ase import Atoms, units
 from ase.build import bulk
 
 from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
-from otf_flows.reference.base import Labels, get_engine
+from otf_flows.labels import Labels
 from otf_flows.reference.cp2k.engine import (
     RESTART_MAX_DISPLACEMENT_A,
     Cp2kEngine,
@@ -40,6 +40,7 @@ from otf_flows.reference.cp2k.env import (
     find_cp2k_data,
 )
 from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.registry import get_engine
 
 CP2K = shutil.which("cp2k.psmp") or shutil.which("cp2k")
 DATA = Path(__file__).parent / "data" / "cp2k"

@@ -21,8 +21,8 @@ from conftest import run_otf
 
 from otf_flows.campaign import Refit, config_from_dict
 from otf_flows.errors import ConfigError
-from otf_flows.ml.base import get_backend
-from otf_flows.ml.gap.settings import MaceModel
+from otf_flows.ml.mace.settings import MaceModel
+from otf_flows.ml.registry import get_backend
 from otf_flows.store import OtfStore
 
 pytest.importorskip("mace", reason="mace-torch is not installed (scripts/setup.sh --test installs it)")

@@ -167,8 +167,8 @@ def campaign_model(tmp_path):
     from otf_flows.data import frames_from_xyz
     from otf_flows.frames import frame_to_atoms
     from otf_flows.jobs.fit import register_fit
-    from otf_flows.jobs.reference import state_doc
     from otf_flows.md.segment import MDState
+    from otf_flows.md.state import state_doc
     from otf_flows.ml.gap.fit import fit_gap
     from otf_flows.schemas.documents import CampaignDoc
     from otf_flows.store import OtfStore

@@ -171,8 +171,7 @@ def test_campaign_model_archive_on_the_mongo_path(cu_config, tmp_path):
     for key in keys:
         assert hashlib.sha256(OtfStore(st.location).get_blob(key)).hexdigest() == key
     # the archive unpacks into the model's files (the path MD segments take on a MongoDB store)
-    from otf_flows.jobs.base import model_dir
-    from otf_flows.ml.base import get_backend
+    from otf_flows.ml.registry import get_backend, model_dir
 
     last = models[-1]
     dest = model_dir(OtfStore(st.location), last.model_id, cache=tmp_path / "cache")

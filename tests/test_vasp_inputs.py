@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.vasp.inputs import Incar, Kpoints, Poscar
 
 from otf_flows.errors import BackendUnavailableError
-from otf_flows.reference.base import get_engine
+from otf_flows.reference.registry import get_engine
 from otf_flows.reference.vasp.engine import VaspEngine, grouped_order, labels_from_task_doc, write_vasp_inputs
 from otf_flows.reference.vasp.settings import VaspReference
 

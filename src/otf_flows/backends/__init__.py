@@ -21,7 +21,7 @@ import importlib.util
 import sys
 
 MOVED = {
-    "otf_flows.backends.ml_settings": "otf_flows.ml.gap.settings",
+    "otf_flows.backends.ml_settings": "otf_flows.ml.registry",
     "otf_flows.backends.cp2k_settings": "otf_flows.reference.cp2k.settings",
     "otf_flows.backends.vasp_settings": "otf_flows.reference.vasp.settings",
     "otf_flows.backends.mace": "otf_flows.ml.mace.backend",

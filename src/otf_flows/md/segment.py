@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms, units
-from ase.io import write
+
+from otf_flows.labels import virial_from_stress
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,8 @@ def run_segment(
     atoms = state.to_atoms()
     atoms.calc = calculator
     dyn, rng = make_dynamics(atoms, md, state.rng_state)
+    from ase.io import write  # scipy (through ase.constraints): only when a segment runs, not on `otf --help`
+
     buffer = io.StringIO()
     n_frames = 0
     step = state.step
@@ -320,8 +323,6 @@ def run_segment(
     virial = None
     if periodic:
         try:
-            from otf_flows.reference.base import virial_from_stress
-
             virial = virial_from_stress(atoms.get_stress(voigt=False), atoms.get_volume())
         except NotImplementedError:
             virial = None
@@ -344,7 +345,6 @@ def _labelled_by_model(frame: Atoms, calculator, step: int, periodic: bool) -> d
     calculator.calculate(frame, properties)
     virial = None
     if "stress" in properties:
-        from otf_flows.reference.base import virial_from_stress
         virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume()).tolist()
     return {"step": int(step), "numbers": frame.numbers.tolist(), "positions": frame.positions.tolist(),
             "cell": np.array(frame.cell).tolist(), "pbc": frame.pbc.tolist(),

@@ -1,54 +1,32 @@
-"""Reference (DFT) engines behind one small protocol, chosen by ``reference.engine``.
+"""What every reference (DFT) engine shares: the engine protocol, the one retry loop, the run command.
 
-An engine labels one frame: total energy (eV), forces (eV/Å) and, for periodic cells,
-the virial (eV). Heavy imports (atomate2, custodian) live inside the engines.
+An engine labels one frame: total energy (eV), forces (eV/Å) and, for periodic cells, the virial
+(eV), as :class:`~otf_flows.labels.Labels`. The engines (:mod:`otf_flows.reference.ase`,
+:mod:`otf_flows.reference.cp2k.engine`, :mod:`otf_flows.reference.vasp.engine`) are found by name in
+:mod:`otf_flows.reference.registry`; this module imports none of them. Heavy imports (atomate2,
+custodian) live inside the engines.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
 from ase import Atoms
 
-from otf_flows.errors import BackendUnavailableError, ConfigError, ReferenceFailedError
+from otf_flows.errors import ConfigError, ReferenceFailedError
+from otf_flows.labels import Labels
+from otf_flows.settings import otf_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUN_KEYS", "SCF_PATH_KEYS", "SCF_PATH_UPDATES", "AseEngine", "Labels", "ReferenceEngine",
-           "allocation_tasks", "get_engine", "run_command", "settings_hash"]
-
-RUN_KEYS = frozenset({"retries", "cp2k_cmd", "omp_threads", "custodian_max_errors", "vasp_cmd", "vasp_gamma_cmd"})
-"""Keys of a ``reference`` block that say how to run the engine, not what it computes: they are
-in no hash of the labels and may change on ``--resume`` (more cores, another MPI launcher)."""
-
-SCF_PATH_KEYS = frozenset({"max_scf", "mixing_method", "mixing_alpha", "mixing_nbuffer", "mixing_beta", "nelm"})
-"""Keys of a ``reference`` block that change how the SCF gets to its converged solution (mixing,
-damping, iteration limit), not the solution (converged to ``eps_scf``/``EDIFF``, which stay in the
-hash): like :data:`RUN_KEYS` in no hash of the labels and free to change on ``--resume``."""
-
-SCF_PATH_UPDATES = frozenset({"alpha", "beta", "nbuffer", "mixing_method", "n_simple_mix"})
-"""The same for keywords of pymatgen's ``DftSet`` given through ``reference.input_updates``."""
-
-
-@dataclass
-class Labels:
-    """Reference labels of one frame, in eV, eV/Å and eV."""
-
-    energy: float
-    forces: np.ndarray
-    virial: np.ndarray | None = None
-    seconds: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
+__all__ = ["ReferenceEngine", "allocation_nodes", "allocation_tasks", "label_with_retries", "one_line",
+           "run_command"]
 
 
 class ReferenceEngine(Protocol):
@@ -62,11 +40,9 @@ class ReferenceEngine(Protocol):
     def check_available(self) -> None:
         """Raise :class:`BackendUnavailableError` with an install hint if it cannot run here."""
 
-
-def settings_hash(settings: dict) -> str:
-    """A short, stable hash of reference settings (labels are comparable iff equal)."""
-    blob = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    @classmethod
+    def from_settings(cls, settings, omp_threads: int | None = None, cache_dir: Path | None = None):
+        """The engine of a validated ``reference`` block (see :func:`otf_flows.reference.registry.get_engine`)."""
 
 
 def allocation_tasks(env: Mapping[str, str] | None = None) -> int:
@@ -75,8 +51,11 @@ def allocation_tasks(env: Mapping[str, str] | None = None) -> int:
     The first of ``OTF_NTASKS`` (set by the ``otf submit --batch`` script), ``SLURM_NTASKS``,
     ``PBS_NP``, the lines of ``PBS_NODEFILE``, else the cores this process may use.
     """
+    ntasks = (otf_settings(env).ntasks or "").strip()
+    if ntasks.isdigit() and int(ntasks) > 0:
+        return int(ntasks)
     env = os.environ if env is None else env
-    for key in ("OTF_NTASKS", "SLURM_NTASKS", "PBS_NP"):
+    for key in ("SLURM_NTASKS", "PBS_NP"):
         value = env.get(key, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
@@ -134,86 +113,60 @@ class _Placeholders(dict):
         raise KeyError(name)
 
 
-def virial_from_stress(stress_voigt_or_3x3, volume: float) -> np.ndarray:
-    """Virial (eV) from an ASE stress (eV/Å^3, Voigt or 3x3): ``V = -stress * volume``."""
-    s = np.asarray(stress_voigt_or_3x3, dtype=float)
-    if s.shape == (6,):
-        xx, yy, zz, yz, xz, xy = s
-        s = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    return -s * volume
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-class AseEngine:
-    """Any ASE calculator, named by import path, as the reference."""
+def label_with_retries(attempt: Callable[[int, Path | None], Labels], *, retries: int, what: str,
+                       workdir: Path | None = None, fatal: tuple[type[BaseException], ...] = ()) -> Labels:
+    """The retry loop of every engine: ``attempt(n, directory)`` up to ``retries + 1`` times.
 
-    name = "ase"
+    Parameters
+    ----------
+    attempt
+        One calculation, numbered from 1; returns the labels or raises. ``directory`` is
+        ``workdir/attempt_n``, emptied and created before the call (None without ``workdir``).
+    retries
+        Extra attempts after a failed one (``reference.retries``).
+    what
+        What failed, for the log and the error (e.g. ``"CP2K single point"``).
+    workdir
+        Where the attempts' directories go (None: attempts write no files).
+    fatal
+        Exceptions raised at once, without a retry (e.g. the engine cannot run here at all).
 
-    def __init__(self, calculator: str, kwargs: dict | None = None, retries: int = 1):
-        self.calculator_path = calculator
-        self.kwargs = dict(kwargs or {})
-        self.retries = retries
+    Returns
+    -------
+    Labels
+        Of the first attempt that succeeded, with ``seconds`` (its wall time) and ``meta["attempts"]``.
 
-    def _calculator_class(self):
-        module_name, _, cls_name = self.calculator_path.rpartition(".")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise BackendUnavailableError(
-                f"reference.calculator: cannot import module {module_name!r} ({err}); install the package that provides it"
-            ) from None
-        try:
-            return getattr(module, cls_name)
-        except AttributeError:
-            raise ConfigError(
-                f"reference.calculator: module {module_name!r} has no {cls_name!r}"
-            ) from None
-
-    def check_available(self) -> None:
-        self._calculator_class()
-
-    def label(self, atoms: Atoms, workdir: Path) -> Labels:
-        cls = self._calculator_class()
-        last_error = None
-        for attempt in range(self.retries + 1):
-            start = time.perf_counter()
-            frame = atoms.copy()
-            try:
-                frame.calc = cls(**self.kwargs)
-                energy = float(frame.get_potential_energy())
-                forces = np.array(frame.get_forces(), dtype=float)
-                virial = None
-                if frame.pbc.all():
-                    try:
-                        virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume())
-                    except NotImplementedError:  # ASE's PropertyNotImplementedError too: labels without virial
-                        virial = None
-            except Exception as err:  # noqa: BLE001 - any calculator failure is retried
-                last_error = err
-                logger.warning("reference attempt %d failed: %s", attempt + 1, err)
-                continue
-            finally:
-                if frame.calc is not None and hasattr(frame.calc, "close"):
-                    frame.calc.close()
-            return Labels(energy, forces, virial, time.perf_counter() - start, {"attempts": attempt + 1})
-        raise ReferenceFailedError(f"{self.calculator_path} failed after {self.retries + 1} attempts: {last_error}")
-
-
-def get_engine(settings, omp_threads: int | None = None, cache_dir: Path | None = None) -> ReferenceEngine:
-    """The engine for a validated ``reference`` block of a campaign.
-
-    ``omp_threads`` (the campaign's ``execution.dft.omp_threads``) sets ``OMP_NUM_THREADS`` of
-    the DFT program, before the engine's own setting (CP2K's ``reference.omp_threads``).
-    ``cache_dir`` is where an engine keeps data it generates once (CP2K: pymatgen's data
-    directory); None: :func:`otf_flows.dirs.cache_dir`.
+    Raises
+    ------
+    ReferenceFailedError
+        When every attempt failed: the last error in one line, and ``workdir``.
     """
-    if settings.engine == "ase":
-        return AseEngine(settings.calculator, settings.kwargs, settings.retries)
-    if settings.engine == "cp2k":
-        from otf_flows.reference.cp2k.engine import Cp2kEngine
-
-        return Cp2kEngine(settings, omp_threads=omp_threads, cache_dir=cache_dir)
-    if settings.engine == "vasp":
-        from otf_flows.reference.vasp.engine import VaspEngine
-
-        return VaspEngine(settings)
-    raise ConfigError(f"reference.engine: {settings.engine!r} is not one of ase, cp2k, vasp")
+    last_error = "no attempt made"
+    for n in range(1, retries + 2):
+        directory = None
+        if workdir is not None:
+            directory = workdir / f"attempt_{n}"
+            if directory.exists():  # left by an earlier call: its outputs must not be parsed
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+        start = time.perf_counter()
+        try:
+            labels = attempt(n, directory)
+        except fatal:
+            raise
+        except Exception as err:  # noqa: BLE001 - calculator, custodian, DFT and parsing errors are retried
+            last_error = one_line(err)
+            logger.warning("%s attempt %d%s failed: %s", what, n, f" in {directory}" if directory else "",
+                           last_error)
+            continue
+        labels.seconds = time.perf_counter() - start
+        labels.meta["attempts"] = n
+        return labels
+    where = f" in {workdir}" if workdir is not None else ""
+    raise ReferenceFailedError(f"{what} failed after {retries + 1} attempt(s){where}: {last_error}")

@@ -37,8 +37,8 @@ from ase.data import atomic_numbers, chemical_symbols
 from ase.io import write
 
 from otf_flows.errors import BackendUnavailableError, FitFailedError
-from otf_flows.ml.base import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, FitResult, pack_dir, unpack_dir
-from otf_flows.ml.gap.fit import UNCERTAINTY_MEASURES, uncertainty_measure
+from otf_flows.labels import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
+from otf_flows.ml.base import UNCERTAINTY_MEASURES, FitResult, pack_dir, uncertainty_measure, unpack_dir
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ _CALCULATORS: dict[str, object] = {}
 class MaceCommitteeUncertainty:
     """A MACE committee's predicted error of a frame (eV): the standard deviation over the members
     (population, as mace's ``energy_var``) of each atom's local energy (the models' ``node_energy``),
-    reduced to one number by ``measure`` as for GAP (:func:`~otf_flows.ml.gap.fit.uncertainty_measure`:
+    reduced to one number by ``measure`` as for GAP (:func:`~otf_flows.ml.base.uncertainty_measure`:
     ``max_local`` = the largest, ``mean_local`` = the mean, ``total`` = sqrt of the summed variances).
 
     The extra members run only in :meth:`value`, i.e. at the frames where the uncertainty is measured,

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from otf_flows.reference.settings import kpoint_words
 from otf_flows.yaml_config import Strict
 
 __all__ = ["VaspReference"]
@@ -77,3 +78,12 @@ class VaspReference(Strict):
         if bad:
             raise ValueError(f"INCAR tags are upper case, got {bad}")
         return value
+
+    @staticmethod
+    def level_of_theory(reference: dict) -> list[str]:
+        """Words of the level of theory of stored settings: GGA tag, ENCUT, POTCAR functional (and spin,
+        k-points when set)."""
+        parts = [reference.get("gga"), f"ENCUT {reference.get('encut_eV'):g} eV", reference.get("potcar_functional")]
+        if reference.get("spin_polarized"):
+            parts.append("spin")
+        return [*parts, *kpoint_words(reference.get("kpoints"))]
