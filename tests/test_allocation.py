@@ -313,12 +313,16 @@ def test_dry_run_writes_the_script_only(tmp_path, cu_config, write_config, login
 # ---------------------------------------------------------------------- otf run stops resumably
 def test_stop_after_abandons_the_running_job_and_resume_loses_nothing(tmp_path, cu_config, write_config):
     """--stop-grace 0: the job running at the stop is abandoned at once; --resume reruns it, and the campaign
-    ends as an uninterrupted run does (same checks, models and labels)."""
+    ends as an uninterrupted run does (same checks, models and labels).
+
+    The first ML-MD step holds (a failpoint) until the stop is requested, so the stop finds that job running
+    however fast the machine is; a slower machine is stopped earlier, in whatever job runs at 6 s."""
     cu_config["md"]["total_steps"] = 40
     path = write_config(cu_config)
     whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
     assert run_otf("run", str(path), "--store", whole).returncode == 0
-    out = run_otf("run", str(path), "--store", cut, "--stop-after", "6", "--stop-grace", "0")
+    out = run_otf("run", str(path), "--store", cut, "--stop-after", "6", "--stop-grace", "0",
+                  env={"OTF_FAILPOINT": "md.step:1:hold=600"})
     assert out.returncode == EXIT_STOPPED, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith("otf: stopped (--stop-after 6 s; ")
     doc = OtfStore(cut).require_campaign("cu-emt")

@@ -12,6 +12,7 @@ import typer
 
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
 from otf_flows.errors import InputError
+from otf_flows.faults import failpoint
 
 
 @app.command()
@@ -171,6 +172,7 @@ def allocation_start(
     doc = start_allocation(open_store_arg(store), campaign, scheduler=scheduler, job_id=job_id, chain=chain,
                            max_allocations=max_allocations, log_dir=log_dir,
                            ntasks=int(ntasks) if ntasks.isdigit() else None)
+    failpoint("allocation.started")
     sys.stdout.write(doc.log + "\n")
 
 
