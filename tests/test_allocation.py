@@ -406,9 +406,11 @@ def test_a_walltime_warning_before_otf_run_starts_still_stops_it_resumably(tmp_p
                                                                             login_node):
     """SLURM once sent the walltime warning (USR1) 1 s into a job, while the script was still in
     `otf allocation start`: the traps come first, so the script lives, passes the warning on to
-    `otf run` as soon as it starts (stopped, exit 3) and resubmits itself."""
+    `otf run` as soon as it starts (stopped, exit 3) and resubmits itself.
+
+    `otf allocation start` holds (a failpoint) until the warning has been sent, so the warning comes while it
+    runs however fast the machine starts Python."""
     import signal
-    import time
 
     path = write_config(cu_config)
     store = tmp_path / "store"
@@ -417,11 +419,19 @@ def test_a_walltime_warning_before_otf_run_starts_still_stops_it_resumably(tmp_p
                   env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     script = Path(json.loads(out.stdout)["script"])
-    proc = subprocess.Popen(["bash", str(script)], env={**env, "SLURM_JOB_ID": "4242"}, cwd=tmp_path,
+    sent = tmp_path / "warning-sent"
+    hold = {"OTF_FAILPOINT": "allocation.started:1:hold=300", "OTF_FAILPOINT_RELEASE": str(sent)}
+    proc = subprocess.Popen(["bash", str(script)], env={**env, **hold, "SLURM_JOB_ID": "4242"}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # inside `otf allocation start` (a Python start-up takes longer)
+    seen = []
+    for line in proc.stderr:  # `otf allocation start` has recorded the allocation and holds
+        seen.append(line)
+        if "failpoint allocation.started: holding" in line:
+            break
     proc.send_signal(signal.SIGUSR1)
+    sent.touch()
     stdout, stderr = proc.communicate(timeout=300)
+    stderr = "".join(seen) + stderr
     assert proc.returncode == 0, (proc.returncode, stdout, stderr)
     assert "otf run not started (signal: warning came first)" in stdout and "resubmitted as job 4242" in stdout
     row = OtfStore(str(store)).collection("allocations").query_one({"campaign": "cu-emt"})
