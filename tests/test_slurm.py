@@ -46,7 +46,9 @@ SCRIPTS = REPO / "scripts" / "slurm"
 LAUNCHERS = REPO / "launchers"
 KINDS = ("dft", "md", "fit", "light")
 LP_NAME = "otf_test"
-JOB_TIMEOUT_S = 120
+JOB_TIMEOUT_S = 900
+"""A guard against a queue job that never ends, not a speed limit: on the 2-core node the three scenarios' jobs
+queue behind each other (a loaded machine kept jobs PENDING for over 120 s)."""
 #: walltimes the campaign YAML asks for per kind (execution.<kind>.queue), checked on the scheduler
 WALLTIME = {"dft": "00:09:00", "fit": "00:08:00"}
 DEFAULT_WALLTIME = "00:10:00"
@@ -294,6 +296,9 @@ class ClusterCampaign:
         st = OtfStore(str(self.store))
         job["models_after_cancel"] = len(st.models(self.name))
         st.close()
+        # --time 1: a RUNNING launch not updated for 1 s is lost; the killed one was last updated before the
+        # kill (its process is gone), so after 1.1 s it is found however fast the steps above were
+        time.sleep(1.1)
         out = self.lpad("detect_lostruns", "--time", "1", "--rerun")
         job["detect_lostruns"] = out.stdout + out.stderr
         self.cancelled.append(job)
