@@ -13,6 +13,7 @@ import typer
 from otf_flows.campaign import load_config
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
 from otf_flows.errors import InputError
+from otf_flows.faults import failpoint
 from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.managers import allocation
 from otf_flows.managers.allocation import end_allocation, record_next, start_allocation
@@ -167,6 +168,7 @@ def allocation_start(
     doc = start_allocation(open_store_arg(store), campaign, scheduler=scheduler, job_id=job_id, chain=chain,
                            max_allocations=max_allocations, log_dir=log_dir,
                            ntasks=int(ntasks) if ntasks.isdigit() else None)
+    failpoint("allocation.started")
     sys.stdout.write(doc.log + "\n")
 
 

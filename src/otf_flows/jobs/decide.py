@@ -24,7 +24,8 @@ from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
 
 
-def iteration_flow(config: CampaignConfig, store: str, state_id: str, model_id, step: int, interval: int) -> Flow:
+def iteration_flow(config: CampaignConfig, store: str | None, state_id: str, model_id, step: int,
+                   interval: int) -> Flow:
     """One iteration: ML-MD segment → reference check → compare + decide, each Maker carrying ``config``.
 
     ``interval`` is the schedule's interval; the segment is cut at ``config.md.total_steps``.
@@ -158,7 +159,7 @@ class FinishMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, model_id: str):
+    def make(self, campaign: str, store: str | None, model_id: str):
         st, _ = job_settings(self.config, campaign, store)
         st.update_campaign(campaign, status="completed", model_id=model_id, message=None)
         progress.emit("finished", model_id=model_id)
@@ -182,7 +183,7 @@ class DecideMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, segment: dict, check: dict, interval: int, n_steps: int):
+    def make(self, campaign: str, store: str | None, segment: dict, check: dict, interval: int, n_steps: int):
         st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
         check_id = f"{campaign}:check:{state.step}:{state.model_id}"

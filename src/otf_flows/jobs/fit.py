@@ -84,7 +84,7 @@ class RefitMaker(Maker):
     def make(
         self,
         campaign: str,
-        store: str,
+        store: str | None,
         parent_model_id: str | None = None,
         trigger_check_id: str | None = None,
         after=None,

@@ -31,7 +31,7 @@ class MDSegmentMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, start_state_id: str, model_id: str, n_steps: int):
+    def make(self, campaign: str, store: str | None, start_state_id: str, model_id: str, n_steps: int):
         st, config = job_settings(self.config, campaign, store)
         start = st.get_state(start_state_id)
         done = st.find_state(state_id(campaign, start.step + n_steps, model_id))

@@ -184,7 +184,7 @@ class InitialMDMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, after=None):
+    def make(self, campaign: str, store: str | None, after=None):
         st, config = job_settings(self.config, campaign, store)
         n = config.num_initial_steps
         start_id = state_id(campaign, n, None)
@@ -219,7 +219,7 @@ class ReferenceCheckMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, segment: dict):
+    def make(self, campaign: str, store: str | None, segment: dict):
         st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
         atoms, step = checked_frame(state)

@@ -38,7 +38,7 @@ class ValidateMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, model_id: str):
+    def make(self, campaign: str, store: str | None, model_id: str):
         st, config = job_settings(self.config, campaign, store)
         settings = config.validation
         names = list(settings.benchmarks) + ([CHECKS] if settings.checks else [])
