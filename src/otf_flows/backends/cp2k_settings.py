@@ -26,7 +26,7 @@ class Cp2kReference(Strict):
     10-25 s on two cores; they are a checking level of theory, not a converged one.
     """
 
-    engine: Literal["cp2k"] = "cp2k"
+    engine: Literal["cp2k"] = Field("cp2k", description="Reference engine: CP2K via atomate2 and custodian.")
     retries: int = Field(1, ge=0, description="Extra attempts after a failed reference calculation.")
 
     cp2k_cmd: str = Field(
