@@ -135,6 +135,15 @@ def _anchor(path: str) -> str:
     return "top" if not path else re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
 
 
+#: Type names as a YAML user reads them.
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _anchor_id(anchor) -> str:
+    """An anchor is its id, or (id, link label)."""
+    return anchor if isinstance(anchor, str) else anchor[0]
+
+
 def _type_str(annotation: Any, anchors: dict[type[BaseModel], str]) -> str:
     if annotation is type(None):
         return "null"
@@ -154,8 +163,11 @@ def _type_str(annotation: Any, anchors: dict[type[BaseModel], str]) -> str:
     if origin is dict:
         return f"mapping {_type_str(args[0], anchors)} → {_type_str(args[1], anchors)}" if args else "mapping"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return f"[block](#{anchors[annotation]})" if annotation in anchors else "block"
-    return getattr(annotation, "__name__", str(annotation))
+        if annotation not in anchors:
+            return "block"
+        label = anchors[annotation] if isinstance(anchors[annotation], str) else anchors[annotation][1]
+        return f"[{label}](#{_anchor_id(anchors[annotation])})"
+    return _SCALARS.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _default_str(field) -> str:
@@ -179,7 +191,7 @@ def _default_str(field) -> str:
 def yaml_reference() -> str:
     """The page of every campaign YAML key."""
     walked = walk_config()
-    anchors = {model: _anchor(model_paths[0]) for model, model_paths in walked}
+    anchors = {model: (_anchor(model_paths[0]), model_paths[0] or "top level") for model, model_paths in walked}
     lines = [
         "# Campaign YAML keys",
         "",
@@ -192,12 +204,12 @@ def yaml_reference() -> str:
         "from the algorithm (`ediff` eV/atom, `fmax` eV/Å); see [the algorithm](../explanation/algorithm.md).",
         "",
         "Blocks: " + ", ".join(
-            f"[`{(p[0] or 'top level')}`](#{anchors[m]})" for m, p in walked),
+            f"[`{(p[0] or 'top level')}`](#{_anchor_id(anchors[m])})" for m, p in walked),
         "",
     ]
     for model, model_paths in walked:
         title = ", ".join(f"`{p}`" for p in model_paths) if model_paths[0] else "Top level"
-        lines += [f"## {title} {{#{anchors[model]}}}", ""]
+        lines += [f"## {title} {{#{_anchor_id(anchors[model])}}}", ""]
         doc = inspect.getdoc(model) or ""
         if doc:
             lines += [_rst_to_md(doc), ""]
@@ -350,7 +362,7 @@ def document_models() -> list[type[BaseModel]]:
 def documents_reference() -> str:
     """The page of the documents kept in the store."""
     models = sorted(document_models(), key=lambda m: inspect.getsourcelines(m)[1])
-    anchors = {m: m.__name__.lower() for m in models}
+    anchors = {m: (m.__name__.lower(), m.__name__) for m in models}
     lines = [
         "# Stored documents",
         "",
@@ -365,7 +377,7 @@ def documents_reference() -> str:
         "",
     ]
     for model in models:
-        lines += [f"## `{model.__name__}` {{#{anchors[model]}}}", ""]
+        lines += [f"## `{model.__name__}` {{#{_anchor_id(anchors[model])}}}", ""]
         doc = inspect.getdoc(model)
         if doc:
             lines += [_rst_to_md(doc), ""]
@@ -523,8 +535,8 @@ GENERATED = {
 
 def on_files(files, config):
     """Add the generated pages and the benchmark figures to the site."""
-    for uri, make in GENERATED.items():
-        files.append(File.generated(config, uri, content=make()))
+    for uri, make in GENERATED.items():  # wide tables: no table of contents on the right
+        files.append(File.generated(config, uri, content="---\nhide:\n  - toc\n---\n\n" + make()))
     for png in sorted((REPO / "benchmarks" / "results").glob("*.png")):
         files.append(File.generated(config, f"explanation/figures/{png.name}", abs_src_path=str(png)))
     return files
