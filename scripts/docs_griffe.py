@@ -12,8 +12,10 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|attr|data|obj|exc):`~?([^`]+)`")
-_GROUPED = re.compile(r"^(?P<indent>[ \t]*)(?P<names>[A-Za-z_]\w*(?:, [A-Za-z_]\w*)+)[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+.*\n?)+)",
-                      re.M)
+_GROUPED = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<names>[A-Za-z_]\w*(?:, [A-Za-z_]\w*)+)[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+.*\n?)+)",
+    re.MULTILINE,
+)
 
 
 def _role(match: re.Match) -> str:

@@ -152,7 +152,7 @@ def _type_str(annotation: Any, anchors: dict[type[BaseModel], str]) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Literal:
-        return " \\| ".join(f"`{json.dumps(a) if not isinstance(a, str) else a}`" for a in args)
+        return " | ".join(f"`{json.dumps(a) if not isinstance(a, str) else a}`" for a in args)
     if origin is typing.Annotated:
         return _type_str(args[0], anchors)
     if origin in (Union, types.UnionType):
@@ -263,9 +263,9 @@ def _param_type(p) -> str:
     if annotation is None:  # a plain click parameter
         return getattr(getattr(p, "type", None), "name", "") or ""
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return " \\| ".join(f"`{m.value}`" for m in annotation)
+        return " | ".join(f"`{m.value}`" for m in annotation)
     if typing.get_origin(annotation) is Literal:
-        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+        return " | ".join(f"`{a}`" for a in typing.get_args(annotation))
     kind = {bool: "flag", int: "integer", float: "number", str: "text", Path: "path"}.get(annotation)
     kind = kind or getattr(annotation, "__name__", str(annotation))
     return f"list of {kind}" if getattr(p, "multiple", False) or (getattr(p, "nargs", 1) or 1) < 0 else kind
@@ -331,7 +331,7 @@ def cli_reference() -> str:
         if params:
             lines += ["| argument / option | type | default | description |", "|---|---|---|---|"]
             for p in params:
-                lines.append(f"| {_param_name(p)} | {_param_type(p)} | {_cell(_param_default(p))} "
+                lines.append(f"| {_param_name(p)} | {_cell(_param_type(p))} | {_cell(_param_default(p))} "
                              f"| {_cell(_rst_to_md(getattr(p, 'help', None) or ''))} |")
             lines.append("")
     return "\n".join(lines)
