@@ -12,6 +12,7 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|attr|data|obj|exc):`~?([^`]+)`")
+_DESIGN = re.compile(r" ?\(DESIGN §[\d.]+[^)]*\)")
 _GROUPED = re.compile(
     r"^(?P<indent>[ \t]*)(?P<names>[A-Za-z_]\w*(?:, [A-Za-z_]\w*)+)[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+.*\n?)+)",
     re.MULTILINE,
@@ -26,6 +27,7 @@ def _role(match: re.Match) -> str:
 def clean(text: str) -> str:
     """A docstring with Sphinx roles as code spans and grouped numpy parameters split."""
     text = _ROLE.sub(_role, text)
+    text = _DESIGN.sub("", text)  # pointers into the developers' design notes
 
     def split(match: re.Match) -> str:
         names = match["names"].split(", ")

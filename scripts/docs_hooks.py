@@ -66,8 +66,9 @@ def _cell(text: Any) -> str:
 
 
 def _rst_to_md(text: str) -> str:
-    """Docstrings use reST literals (``x``); Markdown wants `x`."""
-    return text.replace("``", "`")
+    """Docstrings use reST literals (``x``); Markdown wants `x`. Pointers into the developers' design
+    notes (DESIGN §5) mean nothing to a reader of the site."""
+    return re.sub(r" ?\(DESIGN §[\d.]+[^)]*\)", "", text).replace("``", "`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,6 +360,25 @@ def document_models() -> list[type[BaseModel]]:
             if issubclass(obj, BaseModel) and obj.__module__ == documents.__name__ and not obj.__name__.startswith("_")]
 
 
+#: Descriptions of document fields the schema leaves undescribed (plain names whose meaning is fixed).
+_DOC_FIELDS = {
+    "campaign": "Campaign name.",
+    "name": "Campaign name.",
+    "created_at": "When the document was stored (UTC).",
+    "updated_at": "When the document was last changed (UTC).",
+    "started_at": "When the allocation started (UTC).",
+    "step": "MD step.",
+    "numbers": "Atomic numbers.",
+    "pbc": "Periodic boundary conditions.",
+    "n_training_frames": "Frames the model was trained on.",
+    "status": "Where the campaign stands.",
+    "total_steps": "MD steps to run (md.total_steps).",
+    "kind": "Job kind.",
+    "seconds": "Wall time (s).",
+    "scheduler": "The batch system.",
+}
+
+
 def documents_reference() -> str:
     """The page of the documents kept in the store."""
     models = sorted(document_models(), key=lambda m: inspect.getsourcelines(m)[1])
@@ -383,8 +403,9 @@ def documents_reference() -> str:
             lines += [_rst_to_md(doc), ""]
         lines += ["| field | type | default | description |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
+            description = field.description or _DOC_FIELDS.get(name, "")
             lines.append(f"| `{name}` | {_cell(_type_str(field.annotation, anchors))} | {_cell(_default_str(field))} "
-                         f"| {_cell(field.description or '')} |")
+                         f"| {_cell(description)} |")
         lines.append("")
     return "\n".join(lines)
 
