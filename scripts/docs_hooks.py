@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import ast
 import enum
+import importlib
 import inspect
 import json
+import pkgutil
 import re
 import textwrap
 import types
@@ -31,11 +33,10 @@ import typer
 from mkdocs.structure.files import File
 from pydantic import BaseModel
 
+import otf_flows
 import otf_flows.cli as otf_cli
 import otf_flows.commands as otf_commands
-import otf_flows.commands.data as otf_commands_data
 from otf_flows.campaign import CampaignConfig
-from otf_flows.commands.campaign import summary_data
 from otf_flows.schemas import documents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -410,6 +411,17 @@ def documents_reference() -> str:
     return "\n".join(lines)
 
 
+def command_function(name: str):
+    """A function of the command-line package by name (``check_row``), wherever in ``otf_flows.commands``."""
+    if hasattr(otf_commands, name):
+        return getattr(otf_commands, name)
+    for info in pkgutil.iter_modules(otf_commands.__path__, otf_commands.__name__ + "."):
+        module = importlib.import_module(info.name)
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise LookupError(f"otf_flows.commands has no function {name}: update scripts/docs_hooks.py")
+
+
 def dict_keys(func) -> list[str]:
     """The keys of the largest dict literal a function builds (its output row), nested ones dotted."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
@@ -475,14 +487,15 @@ def json_outputs() -> list[tuple[str, str, list[str], tuple]]:
     d = documents
     return [
         ("otf checks CAMPAIGN --json", "a list, one object per DFT check",
-         dict_keys(otf_commands.check_row), (d.CheckDoc,)),
+         dict_keys(command_function("check_row")), (d.CheckDoc,)),
         ("otf models --json, otf lineage MODEL_ID --json", "a list, one object per model (lineage: newest "
-         "first, back to the first fit)", dict_keys(otf_commands.model_row), (d.ModelDoc,)),
+         "first, back to the first fit)", dict_keys(command_function("model_row")), (d.ModelDoc,)),
         ("otf data frames CAMPAIGN --json", "a list, one object per labelled frame",
-         dict_keys(otf_commands_data.frame_row), (d.FrameDoc, d.Provenance)),
+         dict_keys(command_function("frame_row")), (d.FrameDoc, d.Provenance)),
         ("otf status [CAMPAIGN] --json", "a list of campaigns; with CAMPAIGN one object",
          [*_status_keys(), "allocations"], (d.CampaignDoc,)),
-        ("otf run CONFIG --json", "one object: the end-of-run summary", dict_keys(summary_data), (d.CampaignDoc,)),
+        ("otf run CONFIG --json", "one object: the end-of-run summary", dict_keys(command_function("summary_data")),
+         (d.CampaignDoc,)),
     ]
 
 
@@ -561,3 +574,12 @@ def on_files(files, config):
     for png in sorted((REPO / "benchmarks" / "results").glob("*.png")):
         files.append(File.generated(config, f"explanation/figures/{png.name}", abs_src_path=str(png)))
     return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """``::: otf_flows.OtfMDMaker`` in the API page documents the class where it is defined (the package
+    exports it lazily, which static analysis cannot follow)."""
+    maker = otf_flows.OtfMDMaker
+    where = f"{maker.__module__}.{maker.__qualname__}"
+    return markdown.replace("::: otf_flows.OtfMDMaker\n", f"::: {where}\n").replace(
+        "(#otf_flows.OtfMDMaker)", f"(#{where})")
