@@ -61,15 +61,22 @@ def unit_of(name: str) -> str:
     return ""
 
 
+def _escape_html(text: str) -> str:
+    """``<campaign>-v<version>`` is text, not HTML tags: escape < and > outside code spans."""
+    parts = text.split("`")
+    parts[::2] = [p.replace("<", "&lt;").replace(">", "&gt;") for p in parts[::2]]
+    return "`".join(parts)
+
+
 def _cell(text: Any) -> str:
-    """One Markdown table cell: no newlines, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One Markdown table cell: no newlines, pipes escaped, no stray HTML."""
+    return _escape_html(" ".join(str(text).split())).replace("|", "\\|")
 
 
 def _rst_to_md(text: str) -> str:
     """Docstrings use reST literals (``x``); Markdown wants `x`. Pointers into the developers' design
     notes (DESIGN §5) mean nothing to a reader of the site."""
-    return re.sub(r" ?\(DESIGN §[\d.]+[^)]*\)", "", text).replace("``", "`")
+    return _escape_html(re.sub(r" ?\(DESIGN §[\d.]+[^)]*\)", "", text).replace("``", "`"))
 
 
 # --------------------------------------------------------------------------------------------
