@@ -151,3 +151,19 @@ def test_getting_started_runs_as_written(tmp_path):
     assert list(json_of("data", "frames", "cu-quick")[0]) == documented["otf data frames CAMPAIGN --json"]
     status = json_of("status", "cu-quick")
     assert list(status) == documented["otf status [CAMPAIGN] --json"]
+
+
+_HASH = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+
+
+def test_readme_is_a_front_door_without_run_histories():
+    """The README opens with the two set-up commands, fits in about two screens, and neither it nor a
+    documentation page carries a commit hash."""
+    readme = (REPO / "README.md").read_text()
+    first_block = code_blocks(REPO / "README.md")[0][2]
+    assert [line.split("#")[0].strip() for line in first_block.splitlines()] == [
+        "bash scripts/main.sh", "bash scripts/test.sh"]
+    assert len(readme.splitlines()) <= 100
+    for page in [REPO / "README.md", *DOCS.rglob("*.md")]:
+        found = _HASH.findall(page.read_text())
+        assert not found, f"{page.relative_to(REPO)}: {found}"
