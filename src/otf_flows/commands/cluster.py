@@ -70,7 +70,7 @@ def submit(
     qlaunch/rlaunch run them, each kind (dft, md, fit, light) routed by the YAML's `execution:`.
 
     Either way the store must be reachable from the compute nodes: a directory on a shared file
-    system or a mongodb:// URI (docs/cluster.md).
+    system or a mongodb:// URI (docs/tutorials/cluster.md).
     """
     if (launchpad is None) == (batch is None):
         raise InputError("submit: give either --batch slurm|pbs (allocation mode) or --launchpad LP.yaml (FireWorks)")
@@ -95,7 +95,7 @@ def submit(
     kinds = sorted({row["category"] for row in result["fireworks"]})
     sys.stderr.write(
         f"store: {result['store']}\n"
-        f"next: start workers for {', '.join(kinds)} (docs/cluster.md, section 4): a pilot allocation,\n"
+        f"next: start workers for {', '.join(kinds)} (docs/tutorials/cluster.md, section 4): a pilot allocation,\n"
         f"  OTF_PILOT_WORKERS=\"{' '.join(kinds)}\" sbatch pilot.slurm   (or qsub -V pilot.pbs)\n"
         "  or one qlaunch loop per category (-m counts all your jobs in the partition)\n"
         f"watch: lpad -l {launchpad} get_wflows -d more;  otf status {result['campaign']} --store {result['store']}\n"
