@@ -23,6 +23,8 @@ from otf_flows.backends.cp2k_settings import Cp2kReference
 from otf_flows.backends.ml_settings import GapModel, MaceModel
 from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import ConfigError
+from otf_flows.walkers import WalkerGrid, WalkerSpec, check_names, resolve_structure_files, walker_data
+from otf_flows.walkers import expand as expand_walkers
 
 __all__ = ["CampaignConfig", "load_config", "config_from_dict", "json_schema"]
 
@@ -464,7 +466,12 @@ class CampaignConfig(_Strict):
         """Whether refits train on reference virials (``refit.virials``)."""
         if self.refit.virials != "auto":
             return self.refit.virials == "train"
-        return self.md.ensemble == "npt_berendsen" or self.tolerances.vmax is not None
+        if self.md.ensemble == "npt_berendsen" or self.tolerances.vmax is not None:
+            return True
+        for spec in expand_walkers(self.walkers):  # one lineage: virials when any walker uses them
+            if spec.md.get("ensemble") == "npt_berendsen" or spec.tolerances.get("vmax") is not None:
+                return True
+        return False
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Campaign name (letters, digits, . _ -).")
     structure: Annotated[
@@ -492,6 +499,20 @@ class CampaignConfig(_Strict):
     store: str | None = Field(None, description="Store directory or mongodb:// URI (overridden by --store / OTF_STORE).")
     validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Validation of models.")
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Cluster resources per job kind.")
+    walkers: list[WalkerSpec] | WalkerGrid | None = Field(
+        None, description="Several trajectories sharing the campaign's training set and model lineage (docs/"
+        "walkers.md): a list of {name, structure, md, tolerances} changing the campaign's blocks, or {grid: "
+        "{md.temperature_K: [...], ...}} for the cartesian product; null: one trajectory, the campaign's.",
+    )
+
+    @field_validator("walkers")
+    @classmethod
+    def _walkers(cls, v):
+        if isinstance(v, list):
+            check_names(v)
+        elif isinstance(v, WalkerGrid):
+            expand_walkers(v)  # generated names are unique
+        return v
 
     @field_validator("model", mode="before")
     @classmethod
@@ -540,6 +561,8 @@ class CampaignConfig(_Strict):
 def _format_error(err: ValidationError, data: Any) -> str:
     """One line: where, the value, and what is allowed."""
     e = err.errors()[0]
+    if e["loc"][:1] == ("walkers",):
+        return _walkers_error(err, data)
     loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "tagged-union", "Ase", "Cp2k", "Vasp", "StructureFile", "StructureBuilder", "StructureAtoms"))]
     if loc[:1] == ["reference"] and loc[1:2] in (["ase"], ["cp2k"], ["vasp"]):  # the tagged union's tag
         del loc[1]
@@ -556,6 +579,33 @@ def _format_error(err: ValidationError, data: Any) -> str:
     if "input" in e and not isinstance(e["input"], dict):
         return f"{where}: {msg} (got {e['input']!r})"
     return f"{where}: {msg}"
+
+
+def _walkers_error(err: ValidationError, data: Any) -> str:
+    """One line for an error in ``walkers``: the branch the value is meant for (a list or a grid), the walker's name."""
+    given = data.get("walkers") if isinstance(data, dict) else None
+    branch = "WalkerGrid" if isinstance(given, dict) else "list[WalkerSpec]" if isinstance(given, list) else None
+    errors = [e for e in err.errors() if e["loc"][:1] == ("walkers",)]
+    if branch is None:
+        return (f"walkers: must be a list of walkers {{name, structure, md, tolerances}} or {{grid: {{md.<key>: "
+                f"[values]}}}} (got {given!r})")
+    e = next((e for e in errors if len(e["loc"]) > 1 and e["loc"][1] == branch), errors[0])
+    loc = [str(x) for x in e["loc"][2:]]
+    who = ""
+    if branch == "list[WalkerSpec]" and loc and loc[0].isdigit():
+        item = given[int(loc[0])] if int(loc[0]) < len(given) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        who = f" walker {name!r}:" if isinstance(name, str) else f" walker number {int(loc[0]) + 1}:"
+        loc = loc[1:]
+    where = ".".join(loc)
+    model = WalkerGrid if branch == "WalkerGrid" else WalkerSpec
+    if e["type"] == "extra_forbidden" and len(loc) == 1:
+        return f"walkers:{who} {where}: unknown key; allowed keys here: {', '.join(model.model_fields)}"
+    if e["type"] == "missing":
+        return f"walkers:{who} {where}: required key is missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
+    return f"walkers:{who} {where + ': ' if where else ''}{msg}{got}"
 
 
 def _model_at(model, loc: list[str], data: Any):
@@ -628,6 +678,15 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             raise ConfigError(f"refit.previous_data: {item!r} does not exist (looked in {base})")
         resolved.append(str(path))
     config.refit.previous_data = resolved
+    errors = resolve_structure_files(config, base)
+    if errors:
+        raise ConfigError(errors[0])
+    for spec in expand_walkers(config.walkers):  # each walker's settings, with the same models
+        walker = walker_data(config, spec)
+        try:
+            CampaignConfig.model_validate(walker)
+        except ValidationError as err:
+            raise ConfigError(f"walkers: walker {spec.name!r}: {_format_error(err, walker)}") from None
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
         value = getattr(config.execution, key)
         if value is not None:

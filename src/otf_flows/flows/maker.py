@@ -44,6 +44,7 @@ from otf_flows.jobs.routing import route
 from otf_flows.managers.local import prepare_campaign
 from otf_flows.store import OtfStore, resolve_location
 from otf_flows.structures import structure_spec
+from otf_flows.walkers import WalkerGrid, WalkerSpec
 
 __all__ = ["OtfMDMaker", "RegisterCampaignMaker"]
 
@@ -51,6 +52,7 @@ __all__ = ["OtfMDMaker", "RegisterCampaignMaker"]
 _BLOCKS = ("md", "adaptive_method_parameters", "tolerances", "model", "refit", "uncertainty", "validation",
            "execution")
 _STRUCTURE = TypeAdapter(StructureFile | StructureBuilder | StructureAtoms)
+_WALKERS = TypeAdapter(list[WalkerSpec] | WalkerGrid)
 
 
 def _default(key: str):
@@ -107,6 +109,7 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
     validation: ValidationSettings = field(default_factory=_default("validation"))
     execution: ExecutionSettings = field(default_factory=_default("execution"))
     structure: StructureFile | StructureBuilder | StructureAtoms | None = None
+    walkers: list[WalkerSpec] | WalkerGrid | None = None
     store: str | None = None
     resume: bool = False
 
@@ -117,6 +120,8 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
                 setattr(self, key, _validated(_block(key), value, key))
         if isinstance(self.structure, Mapping):
             self.structure = _validated(_STRUCTURE, self.structure, "structure")
+        if self.walkers is not None and not isinstance(self.walkers, WalkerGrid):
+            self.walkers = _validated(_WALKERS, self.walkers, "walkers")
         if self.reference_maker is None:
             raise ConfigError("reference_maker: required (an atomate2 StaticMaker, an ASE calculator or a reference "
                               "block such as {'calculator': 'ase.calculators.emt.EMT'})")
@@ -154,6 +159,9 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
                 "store": self.store, "num_initial_steps": self.num_initial_steps,
                 "check_interval": self.check_interval, "can_update": self.can_update,
                 "rollback_on_fail": self.rollback_on_fail}
+        if self.walkers is not None:
+            data["walkers"] = (self.walkers.model_dump(mode="json") if isinstance(self.walkers, WalkerGrid)
+                               else [w.model_dump(mode="json", exclude_unset=True) for w in self.walkers])
         for key in _BLOCKS:
             value = getattr(self, key)
             # only what was set: validators that look at the keys given (refit: e0 or e0_method) see the same
