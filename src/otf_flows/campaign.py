@@ -439,6 +439,16 @@ class LightResources(JobResources):
     )
 
 
+class LocalSettings(_Strict):
+    """How `otf run` (and an allocation, which runs `otf run --resume`) runs the jobs on its machine."""
+
+    workers: int = Field(
+        1, ge=1, le=256, description="Walkers' chains run at once, each in a worker process (a campaign with "
+        "walkers; 1: one job at a time, the walkers taking turns). Inside a batch allocation each concurrent DFT "
+        "job gets ntasks / workers MPI tasks ({ntasks} of the run command, docs/walkers.md); may change on --resume.",
+    )
+
+
 class ExecutionSettings(_Strict):
     """Resources per job kind: DFT (initial MD, checks), ML-MD segments, fits, light bookkeeping."""
 
@@ -446,6 +456,7 @@ class ExecutionSettings(_Strict):
     md: JobResources = Field(default_factory=JobResources, description="ML-MD segments.")
     fit: JobResources = Field(default_factory=JobResources, description="gap_fit.")
     light: LightResources = Field(default_factory=LightResources, description="Compare + decide, bookkeeping.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="Jobs at once in `otf run` (walkers).")
     cache_dir: str | None = Field(
         None, description="Cache directory on the nodes that run jobs (extracted models of a MongoDB store, "
         "pymatgen's CP2K data); before $OTF_CACHE_DIR, after --cache-dir. Default: <temporary directory>/"
