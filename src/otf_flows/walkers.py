@@ -98,7 +98,7 @@ def check_names(walkers: list[WalkerSpec]) -> list[WalkerSpec]:
 
 def _label(value: Any) -> str:
     text = f"{value:g}" if isinstance(value, float) else str(value)
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in text)
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def grid_name(combination: dict[str, Any]) -> str:

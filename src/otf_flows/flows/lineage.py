@@ -60,14 +60,15 @@ def _free(doc: dict | None, now: float) -> bool:
     return False
 
 
-def try_acquire(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S) -> bool:
-    """Take the campaign's lease ``what`` if it is free (atomically); whether this process holds it now."""
+def try_acquire(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S, holder: str | None = None) -> bool:
+    """Take the campaign's lease ``what`` if it is free (atomically) for ``holder`` (e.g. the walker whose
+    refit it is; for the record); whether this process holds it now."""
     key = lease_id(campaign, what)
     current = store.collection("locks").query_one({"lock_id": key})
     now = time.time()
     if not _free(current, now):
         return False
-    doc = {"lock_id": key, "campaign": campaign, "what": what, **_owner(), "acquired_at": now,
+    doc = {"lock_id": key, "campaign": campaign, "what": what, **_owner(), "holder": holder, "acquired_at": now,
            "expires_at": now + ttl_s}
     expected = None if current is None else {"pid": current.get("pid"), "host": current.get("host"),
                                              "expires_at": current.get("expires_at")}
@@ -86,16 +87,18 @@ def renew(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S)
     """Extend the lease this process holds; False if it is no longer ours."""
     key = lease_id(campaign, what)
     mine = _owner()
-    now = time.time()
-    return store.put_if("locks", {"lock_id": key, "campaign": campaign, "what": what, **mine, "acquired_at": now,
-                                  "expires_at": now + ttl_s}, {"pid": mine["pid"], "host": mine["host"]})
+    current = store.collection("locks").query_one({"lock_id": key}) or {}
+    doc = {k: v for k, v in current.items() if k not in ("_id", "last_updated")}
+    doc.update(lock_id=key, campaign=campaign, what=what, **mine, expires_at=time.time() + ttl_s)
+    return store.put_if("locks", doc, {"pid": mine["pid"], "host": mine["host"]})
 
 
 @contextmanager
-def lease(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S, poll_s: float = POLL_S):
+def lease(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S, poll_s: float = POLL_S,
+          holder: str | None = None):
     """Hold the campaign's lease ``what`` for the block: wait until it is free, renew it while the block runs."""
     waited = 0.0
-    while not try_acquire(store, campaign, what, ttl_s):
+    while not try_acquire(store, campaign, what, ttl_s, holder):
         if waited == 0.0:
             logger.info("campaign %s: waiting for the running %s to finish", campaign, what)
         time.sleep(poll_s)

@@ -99,7 +99,7 @@ class RefitMaker(Maker):
     ):
         st, config = job_settings(self.config, campaign, store)
         shared = config.walkers is not None
-        with lease(st, campaign) if shared else nullcontext():
+        with lease(st, campaign, holder=self.walker) if shared else nullcontext():
             if shared:
                 failpoint("fit.leased", self.walker)
                 parent_model_id, existing = _lineage_parent(st, config, campaign, parent_model_id, trigger_check_id)
