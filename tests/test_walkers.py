@@ -317,17 +317,17 @@ def test_rollback_reruns_with_a_model_trained_on_the_failed_label(tmp_path):
 
 WALKER_KILL_POINTS = [
     "initial_md.labelled@hot:2",  # in a walker's initial reference MD
+    "md.step@hot:3",  # in a walker's ML-MD segment (its model pinned)
+    "check.labelled@cold:1",  # a walker's DFT label stored, its check not yet
+    "decide.stored@cold:1",  # check stored, the walker's pointer not yet moved
     "fit.leased@hot:1",  # a walker's refit holds the lease (a killed holder's lease is taken over)
-    "check.labelled@cold:2",  # a walker's DFT label stored, its check not yet
-    "md.step@hot:30",  # in a walker's ML-MD segment (its model pinned)
-    "decide.stored@cold:3",  # check stored, the walker's pointer not yet moved
-    "between_jobs:14",
+    "between_jobs:4",
 ]
 
 
 def test_sigkill_at_walker_points_then_resume(tmp_path):
     """(d) SIGKILL at each point, --resume: nothing lost, nothing duplicated, every walker finishes."""
-    data = _tiny("killed", steps=28, tolerances={"ediff": 0.001, "fmax": 0.2})
+    data = _tiny("killed", steps=32, tolerances={"ediff": 0.001, "fmax": 0.2})
     path = _write(tmp_path, data)
     store = str(tmp_path / "store")
     for i, point in enumerate(WALKER_KILL_POINTS):

@@ -126,7 +126,7 @@ class RefitMaker(Maker):
                     if parent_model_id is None:
                         raise
                     return self._keep_parent(st, campaign, parent_model_id, trigger_check_id, err)
-            failpoint("fit.done")
+            failpoint("fit.done", self.walker)
             existing = register_fit(
                 st, result, frames, model_id=model_id, version=version, campaign=campaign,
                 parent=parent_model_id, trigger=trigger_check_id, trigger_step=check.step if check else None,

@@ -201,7 +201,7 @@ class ReferenceCalculator(Calculator):
             )
             frame.walker = self.walker
             self.store.add_frame(frame, training_in=self.campaign)
-            failpoint("initial_md.labelled")
+            failpoint("initial_md.labelled", self.walker)
             progress.emit("reference", step=step, seconds=labels.seconds, kind="initial", walker=self.walker)
         else:
             self._previous = None  # a label from the store: the next one starts from atomic densities
