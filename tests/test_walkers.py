@@ -392,3 +392,49 @@ def test_store_takes_n_walker_processes_writing_at_once(tmp_path):
     entries = list(st.collection("ledger").query({"campaign": "c"}))
     # read-count-then-write under the lease: no two processes ever wrote the same entry
     assert len(entries) == 160 and {e["entry_id"] for e in entries} == {f"c:{n}" for n in range(160)}
+
+
+def test_sigterm_with_workers_stops_resumably_then_more_steps(tmp_path):
+    """SIGTERM (a walltime warning) reaches the workers: exit 3, "stopped"; --resume with a larger md.total_steps
+    takes every walker, finished or not, to the new end."""
+    data = _tiny("term", steps=16, execution={"local": {"workers": 2}})
+    path = _write(tmp_path, data)
+    store = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-m", "otf_flows", "run", str(path), "--store", store],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    for line in proc.stderr:  # into a pipe, `otf run` writes a line per walker event
+        if line.startswith("hot: step"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=DEADLOCK_S) == 3, rest[-3000:]
+    st = OtfStore(store)
+    assert st.require_campaign("term").status == "stopped"
+    data["md"]["total_steps"] = 24
+    _write(tmp_path, data)
+    result = run_otf("run", str(path), "--store", store, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_walkers_consistent(st, "term", config_from_dict(data))
+
+
+def test_lease_on_a_mongodb_store_is_exclusive():
+    """The refit lease through MongoDB's code path (maggma MemoryStore): one holder at a time, a stale one taken."""
+    from otf_flows.flows import lineage
+
+    st = OtfStore("memory://lease-test")
+    assert lineage.try_acquire(st, "c", holder="a")
+    doc = st.collection("locks").query_one({"lock_id": "c:refit"})
+    assert doc["holder"] == "a" and doc["pid"] == os.getpid()
+    # held by a live process of this host (a sleeping child): nobody else takes it until it is gone
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        st.collection("locks").update({**doc, "pid": child.pid}, key="lock_id")
+        assert not lineage.try_acquire(st, "c", holder="b")
+    finally:
+        child.kill()
+        child.wait()
+    assert lineage.try_acquire(st, "c", holder="b")  # its holder died: taken over
+    lineage.release(st, "c")
+    assert st.collection("locks").query_one({"lock_id": "c:refit"})["pid"] is None
+    assert lineage.claim(st, "c", "finish", "hot") and lineage.claim(st, "c", "finish", "hot")
+    assert not lineage.claim(st, "c", "finish", "cold")
