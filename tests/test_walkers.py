@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, run_otf
+
 from otf_flows.campaign import config_from_dict, load_config
 from otf_flows.errors import ConfigError
 from otf_flows.store import OtfStore
