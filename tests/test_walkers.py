@@ -64,7 +64,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def _assert_walkers_consistent(st: OtfStore, name: str, config) -> None:
+def _assert_walkers_consistent(st: OtfStore, name: str, config, shared_start: bool = True) -> None:
     """Completed; every walker at its last step; every label stored once and owned by one check or one
     initial step; one unbroken lineage; every refit answered by a model that saw its label."""
     doc = st.require_campaign(name)
@@ -83,8 +83,8 @@ def _assert_walkers_consistent(st: OtfStore, name: str, config) -> None:
     initial = [f for f in frames if f.source == "initial_md"]
     per_walker = {(f.walker, f.md_step) for f in initial}
     assert len(per_walker) == len(initial)  # one label per walker and initial step
-    # the start frame is the same structure for every walker: labelled once, shared
-    assert sum(f.md_step == 0 for f in initial) == 1
+    # the same start structure for every walker: its frame is labelled once, shared
+    assert sum(f.md_step == 0 for f in initial) == (1 if shared_start else len(configs))
     for w in configs:
         own = [c for c in checks if c.walker == w]
         assert own and max(c.step for c in own) == configs[w].md.total_steps
@@ -438,3 +438,34 @@ def test_lease_on_a_mongodb_store_is_exclusive():
     assert st.collection("locks").query_one({"lock_id": "c:refit"})["pid"] is None
     assert lineage.claim(st, "c", "finish", "hot") and lineage.claim(st, "c", "finish", "hot")
     assert not lineage.claim(st, "c", "finish", "cold")
+
+
+def test_maker_takes_one_walker_per_structure(tmp_path):
+    """OtfMDMaker.make([atoms, atoms]): one walker each (the YAML's walkers keep their md), run in process."""
+    from ase.build import bulk
+
+    from otf_flows import OtfMDMaker
+    from otf_flows.jobs.base import forget_stores
+    from otf_flows.managers.runner import run_flow
+
+    fcc = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((1, 1, 2))
+    rattled = fcc.copy()
+    rattled.rattle(0.05, seed=3)
+    data = _tiny("maker", steps=10)
+    path = _write(tmp_path, data)
+    maker = OtfMDMaker.from_yaml(path, store=str(tmp_path / "store"))
+    with pytest.raises(ConfigError, match="the Maker has 2 walkers and make\\(\\) got 1 structures"):
+        maker.make([fcc])
+    config = maker.campaign_config([fcc, rattled])
+    assert [(w.name, w.md, w.structure["positions"][0]) for w in config.walkers] == [
+        ("cold", {"temperature_K": 600}, [0.0, 0.0, 0.0]),
+        ("hot", {"temperature_K": 1500, "seed": 3}, list(rattled.positions[0]))]
+    flow = maker.make([fcc, rattled])
+    st = OtfStore(str(tmp_path / "store"))
+    try:
+        run_flow(flow, st.jobstore, tmp_path / "runs")
+    finally:
+        forget_stores()
+    _assert_walkers_consistent(st, "maker", config, shared_start=False)
+    unnamed = OtfMDMaker(name="x", reference_maker={"calculator": "ase.calculators.emt.EMT"}, num_initial_steps=2)
+    assert [w.name for w in unnamed.with_walkers([fcc, rattled, fcc]).walkers] == ["walker-1", "walker-2", "walker-3"]
