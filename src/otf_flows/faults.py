@@ -11,7 +11,12 @@ stops and chains happen however fast the machine is.
 
 Passes are counted per process, or, with ``OTF_FAILPOINT_COUNTS=FILE``, in FILE across every process that
 names it (the allocations of a chain, a pilot's workers, FireWorks' queue jobs): the N-th pass of all of
-them acts, once. Unset, a failpoint costs one dictionary lookup.
+them acts, once. Unset, a failpoint costs one settings read.
+
+A failpoint of one walker (``failpoint(NAME, walker)``) is also named ``NAME@WALKER``:
+``OTF_FAILPOINT=check.labelled@hot:2`` kills at walker hot's second pass only.
+``OTF_HOLD=NAME[@WALKER]=PATH`` holds the process at the point until the file PATH exists (tests of
+walkers running side by side).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 _hits: dict[str, int] = {}
 _released = False
-POLL_S = 0.1
+POLL_S = 0.05
 """How often a hold looks whether it is released."""
 
 
@@ -39,28 +44,36 @@ def release_holds() -> None:
     _released = True
 
 
-def failpoint(name: str) -> None:
-    """Act here if ``OTF_FAILPOINT`` names this point and its pass has come (see the module docstring)."""
-    spec = otf_settings().failpoint
+def failpoint(name: str, walker: str | None = None) -> None:
+    """Act here if ``OTF_FAILPOINT`` names this point and its pass has come; wait if ``OTF_HOLD`` names it
+    (see the module docstring)."""
+    settings = otf_settings()
+    spec, hold = settings.failpoint, settings.hold
+    if not spec and not hold:
+        return
+    names = {name} if walker is None else {name, f"{name}@{walker}"}
+    if hold:
+        target, _, path = hold.partition("=")
+        while target in names and not os.path.exists(path):
+            time.sleep(POLL_S)
     if not spec:
         return
     target, _, rest = spec.partition(":")
-    if target != name:
+    if target not in names:
         return
     count, _, action = rest.partition(":")
-    if _count(name) != int(count or 1):
+    if _count(target, settings.failpoint_counts) != int(count or 1):
         return
     if action in ("", "kill"):
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith("hold"):
-        _hold(name, float(action.partition("=")[2] or 600))
+        _hold(target, float(action.partition("=")[2] or 600), settings.failpoint_release)
     else:
         raise ValueError(f"OTF_FAILPOINT: {spec!r}: the action {action!r} is not 'kill' or 'hold=SECONDS'")
 
 
-def _count(name: str) -> int:
-    """This pass's number: per process, or in ``OTF_FAILPOINT_COUNTS`` across processes."""
-    path = otf_settings().failpoint_counts
+def _count(name: str, path: str | None) -> int:
+    """This pass's number: per process, or in the file ``path`` (``OTF_FAILPOINT_COUNTS``) across processes."""
     if not path:
         _hits[name] = _hits.get(name, 0) + 1
         return _hits[name]
@@ -76,8 +89,7 @@ def _count(name: str) -> int:
         return n
 
 
-def _hold(name: str, seconds: float) -> None:
-    release = otf_settings().failpoint_release
+def _hold(name: str, seconds: float, release: str | None) -> None:
     logger.warning("failpoint %s: holding (at most %g s)", name, seconds)
     end = time.monotonic() + seconds
     while not _released and time.monotonic() < end and not (release and Path(release).exists()):

@@ -7,6 +7,7 @@
 | ``OTF_SCRATCH_DIR`` | ``scratch_dir`` | :func:`otf_flows.dirs.scratch_dir` |
 | ``OTF_LOG_LEVEL`` | ``log_level`` | the ``otf`` command's logging |
 | ``OTF_FAILPOINT``, ``OTF_FAILPOINT_COUNTS``, ``OTF_FAILPOINT_RELEASE`` | ``failpoint*`` | :mod:`otf_flows.faults` (tests) |
+| ``OTF_HOLD`` | ``hold`` | :mod:`otf_flows.faults` (tests of walkers side by side) |
 | ``OTF_MONGO_USER``, ``OTF_MONGO_PASSWORD``, ``OTF_MONGO_CREDENTIALS`` | ``mongo_*`` | :mod:`otf_flows.mongo` |
 | ``OTF_STORE_JOURNAL`` | ``store_journal`` | :func:`otf_flows.embedded.journal_mode` |
 | ``OTF_NTASKS`` | ``ntasks`` | MPI tasks of a batch allocation (set by ``otf submit --batch`` scripts) |
@@ -40,6 +41,8 @@ class OtfSettings(BaseSettings):
     failpoint: str | None = Field(None, description="NAME:N[:kill|hold=SECONDS]: act at the N-th pass of a failpoint.")
     failpoint_counts: str | None = Field(None, description="File counting failpoint passes across processes.")
     failpoint_release: str | None = Field(None, description="File whose existence releases a failpoint hold.")
+    hold: str | None = Field(None, description="NAME=PATH: hold the process at a failpoint until the file PATH "
+                             "exists (tests).")
     mongo_user: str | None = Field(None, description="MongoDB user (with OTF_MONGO_PASSWORD).")
     mongo_password: str | None = Field(None, description="MongoDB password (with OTF_MONGO_USER).", repr=False)
     mongo_credentials: str | None = Field(None, description="YAML file with MongoDB 'username' and 'password'.")

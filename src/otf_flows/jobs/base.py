@@ -10,7 +10,7 @@ from jobflow import CURRENT_JOB
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import StoreError
 from otf_flows.ml.registry import model_dir
-from otf_flows.schemas.documents import LedgerEntry
+from otf_flows.schemas.documents import LedgerEntry, now
 from otf_flows.store import OtfStore
 
 __all__ = ["forget_stores", "job_settings", "model_dir", "open_campaign", "open_store", "timed"]
@@ -59,9 +59,12 @@ def forget_stores() -> None:
 
 
 @contextmanager
-def timed(store: OtfStore, campaign: str, kind: str, job: str, entry_id: str, step: int | None = None):
-    """Record the wall time of the block in the ledger under ``entry_id`` (idempotent)."""
+def timed(store: OtfStore, campaign: str, kind: str, job: str, entry_id: str, step: int | None = None,
+          walker: str | None = None):
+    """Record the wall time, start and end of the block in the ledger under ``entry_id`` (idempotent)."""
+    started_at = now()
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
-    store.record_time(LedgerEntry(campaign=campaign, kind=kind, seconds=seconds, job=job, step=step), entry_id)
+    store.record_time(LedgerEntry(campaign=campaign, kind=kind, seconds=seconds, job=job, step=step, walker=walker,
+                                  started_at=started_at), entry_id)

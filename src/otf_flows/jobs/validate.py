@@ -36,6 +36,7 @@ class ValidateMaker(Maker):
 
     name: str = "validate"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None  # the walker whose check asked for the refit validated here (None: none)
 
     @job
     def make(self, campaign: str, store: str | None, model_id: str):
@@ -59,7 +60,8 @@ class ValidateMaker(Maker):
             model = self._gate(st, model, names, gate, cache)
             if model.flags and gate.keep_parent:
                 chosen = model.parent_model_id
-                st.update_campaign(campaign, model_id=chosen)
+                if config.walkers is None:  # with walkers the newest unflagged model is the current one
+                    st.update_campaign(campaign, model_id=chosen)
         progress.emit("validated", model_id=model_id, benchmarks=sorted(results), kept=chosen)
         return {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
 
