@@ -188,7 +188,7 @@ class InitialMDMaker(Maker):
         st, config = job_settings(self.config, campaign, store)
         n = config.num_initial_steps
         start_id = state_id(campaign, n, None)
-        imported = import_previous_data(st, config, campaign)
+        imported = import_previous_data(st, config.refit, config.model.initial_model, campaign)
         existing = st.find_state(start_id)
         if existing is None:
             atoms = build_structure(config.structure)
