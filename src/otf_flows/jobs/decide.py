@@ -13,7 +13,7 @@ from otf_flows.campaign import CampaignConfig
 from otf_flows.checks import error_metrics, passes
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
-from otf_flows.flows.lineage import claim, current_model
+from otf_flows.lineage import claim, current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker

@@ -10,7 +10,7 @@ from otf_flows import progress
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import ConfigError
 from otf_flows.faults import failpoint
-from otf_flows.flows.lineage import current_model
+from otf_flows.lineage import current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.routing import omp_threads
 from otf_flows.md.guard import make_guard
