@@ -28,6 +28,11 @@ def validate(
                                              "diamond Si cell: cif, POSCAR, xyz)."),
     seed: int = SeedOpt, workdir: Optional[Path] = WorkdirOpt, threads: Optional[int] = ThreadsOpt,
     model_only: bool = typer.Option(False, "--model-only", help="--physical: the model's side only, no DFT."),
+    supercell: Optional[str] = typer.Option(None, "--supercell", help="--physical phonons: supercell of the "
+                                            "structure, e.g. 2,2,2 (the default)."),
+    points: Optional[int] = typer.Option(None, "--points", help="--physical eos: strained cells (5-15, default 7)."),
+    kpoints: Optional[str] = typer.Option(None, "--kpoints", help="--physical: k-point grid of the DFT single points "
+                                          "(default: the reference's k-point density carried over to the cell)."),
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -41,7 +46,8 @@ def validate(
     if cv is not None:
         return run_cv(store, model_id, cv, seed, workdir, threads, as_json)
     if physical is not None:
-        return run_physical(store, model_id, physical, structure, workdir, model_only, as_json)
+        return run_physical(store, model_id, physical, structure, workdir, model_only, as_json, supercell, kpoints,
+                            points)
     st = open_store_arg(store)
     doc = run_validation(st, model_id, benchmark)
     out = {k: v for k, v in doc.items() if k not in _BULKY}

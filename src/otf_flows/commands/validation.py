@@ -110,7 +110,126 @@ def model_card_cmd(
         typer.echo(f"model card: {page}", err=True)
 
 
+
+def store_location(store) -> str:
+    """The store's location as jobs on any node and in any directory open it."""
+    return str(store.path) if store.kind == "embedded" else store.location
+
+
+def _triple(text: str | None, option: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"{option}: {text!r} is not three positive whole numbers such as 2,2,2")
+    return tuple(int(p) for p in parts)
+
+
 def run_physical(store_arg: str | None, model_id: str, prop: str, structure: Path | None, workdir: Path | None,
-                 model_only: bool, as_json: bool) -> None:
-    """``otf validate MODEL --physical eos|phonons|elastic --structure FILE``."""
-    raise InputError("--physical is not available yet")
+                 model_only: bool, as_json: bool, supercell: str | None = None, kpoints: str | None = None,
+                 points: int | None = None) -> None:
+    """``otf validate MODEL --physical eos|phonons|elastic --structure FILE``: the atomate2 flows of the
+    model and of the campaign's DFT reference, run here (``run_locally``) against the store."""
+    from jobflow import run_locally
+
+    from otf_flows.validation.physical import (
+        PROPERTIES,
+        PhysicalBenchmark,
+        campaign_context,
+        load_structure,
+        physical_flow,
+    )
+
+    if prop not in PROPERTIES:
+        raise InputError(f"--physical: {prop!r} is not one of {', '.join(PROPERTIES)}")
+    if structure is None:
+        raise InputError("--physical needs --structure FILE (e.g. a primitive diamond Si cell)")
+    cells = _triple(supercell, "--supercell")
+    if points is not None and not 5 <= points <= 15:
+        raise InputError(f"--points: {points} is outside 5..15")
+    grid = _triple(kpoints, "--kpoints")
+    crystal = load_structure(structure)
+    st = open_store_arg(store_arg)
+    st.get_model(model_id)
+    config, reference_cell = campaign_context(st, model_id)
+    if config is None and not model_only:
+        raise InputError(f"model {model_id!r} belongs to no campaign, so there is no DFT reference: pass --model-only")
+    bench = PhysicalBenchmark(property=prop, structure=str(structure), label=structure.stem, dft=not model_only,
+                              **({"supercell": cells} if cells else {}), **({"kpoints": grid} if grid else {}),
+                              **({"n_points": points} if points else {}))
+    flow = physical_flow(bench, crystal, store_location(st), model_id, config, reference_cell)
+    root = work_dir(st, model_id, workdir, f"physical-{prop}-{structure.stem}")
+    root.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"running the {prop} flow of {model_id}{'' if model_only else ' and of its DFT reference'} in {root}",
+               err=True)
+    responses = run_locally(flow, store=st.jobstore, root_dir=root, create_folders=True, ensure_success=True,
+                            log=False)
+    out = responses[flow.output.uuid][1].output
+    doc = st.validations(model_id, f"physical:{prop}:{bench.label}")[0]
+    if as_json:
+        print_json({k: v for k, v in doc.items() if k not in ("model", "dft", "structure")})
+        return
+    rows = [{"quantity": k, "model": v["model"], "DFT": v["dft"], "unit": v["unit"]} for k, v in out["summary"].items()]
+    print_table(rows, ["quantity", "model", "DFT", "unit"], f"{model_id}: {prop} of {bench.label}")
+    for key, value in out["differences"].items():
+        typer.echo(f"model - DFT {key}: {value if not isinstance(value, float) else f'{value:.4g}'}", err=True)
+    for note in doc["notes"]:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command("holes")
+def holes_cmd(
+    model_id: str = typer.Argument(..., help="Model (see `otf models`)."),
+    n: int = typer.Option(20, "--n", help="Random structures to relax."),
+    margin: float = typer.Option(0.1, "--margin", help="Flag structures below the campaign's lowest DFT energy "
+                                 "per atom by more than this (eV/atom)."),
+    atoms: Optional[int] = typer.Option(None, "--atoms", help="Atoms per structure (default: the campaign's cell)."),
+    min_distance: Optional[float] = typer.Option(None, "--min-distance", help="Smallest distance between atoms of a "
+                                                 "random structure (Å; default 0.85 x the shortest in the training "
+                                                 "frames)."),
+    steps: int = typer.Option(300, "--steps", help="Relaxation steps at most."),
+    dft_check: bool = typer.Option(False, "--dft-check", help="DFT single points of the lowest flagged structures."),
+    max_dft: int = typer.Option(3, "--max-dft", help="With --dft-check: DFT single points at most."),
+    seed: int = SeedOpt, workdir: Optional[Path] = WorkdirOpt,
+    store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Holes in the potential (seed 001, Sec. V C): relax random structures of the campaign's composition and
+    density with the model and flag those below the campaign's lowest DFT energy per atom by more than a margin."""
+    from jobflow import run_locally
+    from pydantic import ValidationError
+
+    from otf_flows.jobs.holes import hole_search_flow
+    from otf_flows.validation.holes import HoleSearch
+    from otf_flows.validation.physical import campaign_context
+
+    try:
+        settings = HoleSearch(n_structures=n, n_atoms=atoms, margin_eV_per_atom=margin, min_distance_A=min_distance,
+                              max_steps=steps, seed=seed, dft_check=dft_check, max_dft=max_dft)
+    except ValidationError as err:
+        e = err.errors()[0]
+        names = {"n_structures": "--n", "n_atoms": "--atoms", "margin_eV_per_atom": "--margin",
+                 "min_distance_A": "--min-distance", "max_steps": "--steps", "max_dft": "--max-dft"}
+        raise InputError(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']} (got {e.get('input')!r})") from None
+    st = open_store_arg(store)
+    st.get_model(model_id)
+    config, _ = campaign_context(st, model_id)
+    if dft_check and config is None:
+        raise InputError(f"--dft-check: model {model_id!r} belongs to no campaign, so there is no DFT reference")
+    root = work_dir(st, model_id, workdir, "holes")
+    root.mkdir(parents=True, exist_ok=True)
+    flow = hole_search_flow(settings, store_location(st), model_id, config)
+    run_locally(flow, store=st.jobstore, root_dir=root, create_folders=True, ensure_success=True, log=False)
+    doc = st.validations(model_id, "holes")[0]
+    if as_json:
+        print_json({k: v for k, v in doc.items() if k != "structures"}
+                   | {"structures": [{k: v for k, v in r.items() if k not in ("positions", "cell", "numbers")}
+                                     for r in doc["structures"]]})
+        return
+    rows = [{"#": r["index"], "E model (eV/at)": r["energy_per_atom"], "V (Å³/at)": r["volume_per_atom"],
+             "min d (Å)": r["min_distance_A"], "steps": r["steps"], "flagged": r["flagged"],
+             "E DFT (eV/at)": r.get("dft_energy_per_atom"), "verdict": r.get("verdict")}
+            for r in sorted(doc["structures"], key=lambda r: r["energy_per_atom"])]
+    print_table(rows, list(rows[0]), f"{model_id}: {doc['n_structures']} random {doc['formula']} structures")
+    typer.echo(f"lowest model energy {doc['lowest_energy_per_atom']:.4f} eV/atom; lowest DFT energy of the campaign "
+               f"{doc['dft_lowest_energy_per_atom']:.4f} eV/atom; {doc['n_flagged']} flagged (margin "
+               f"{doc['margin_eV_per_atom']} eV/atom)", err=True)

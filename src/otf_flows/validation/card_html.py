@@ -193,7 +193,8 @@ def render_card(card: dict) -> str:
 .settings {{ font-family: monospace; font-size: 0.8em; word-break: break-all; color: #444; }}</style></head><body>
 <h1>Model card: {escape(m['model_id'])}</h1>
 <p class="muted">{escape(m['backend'])} model · campaign {escape(str(m['campaign']))} · version {m['version']} ·
-parent {escape(str(m['parent_model_id']))} · fitted in {m['fit_seconds']:.1f} s · created {escape(m['created_at'][:19])} UTC ·
+parent {escape(str(m['parent_model_id']))} · fitted in {m['fit_seconds']:.1f} s ·
+created {escape(m['created_at'][:19])} UTC ·
 card generated {escape(card['generated_at'][:16])} UTC</p>
 {f"<ul>{flags}</ul>" if flags else ""}
 <p class="settings">fit settings: {settings}</p>

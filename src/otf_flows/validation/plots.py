@@ -30,7 +30,8 @@ def plot_cv(doc: dict, path: Path) -> Path:
         spread = doc["spread"][key]
         ax.axhline(doc[key] * scale, color="k", lw=1.2, label=f"pooled {doc[key] * scale:.3g}")
         ax.axhspan((spread["mean"] - spread["std"]) * scale, (spread["mean"] + spread["std"]) * scale,
-                   color="0.6", alpha=0.25, label=f"mean ± std {spread['mean'] * scale:.3g} ± {spread['std'] * scale:.2g}")
+                   color="0.6", alpha=0.25,
+                   label=f"mean ± std {spread['mean'] * scale:.3g} ± {spread['std'] * scale:.2g}")
         ax.set_xticks(x)
         ax.set_xlabel("fold")
         ax.set_ylabel(label)

@@ -1,0 +1,229 @@
+"""Physical benchmarks of a stored model against the campaign's DFT reference, as atomate2 flows.
+
+Seed 001, Sec. V: energy-volume curves, phonons and elastic constants show what error metrics hide.
+For one property and one structure this module builds a jobflow ``Flow`` of three parts:
+
+- the model's side: atomate2's ``forcefields`` flows (``ForceFieldEosMaker``, ``PhononMaker``,
+  ``ElasticMaker``) whose force-field jobs use the stored model as their ASE calculator
+  (:func:`stored_model_calculator`, given to atomate2 as a custom force field: any backend, GAP or MACE);
+- the DFT side: the same atomate2 flows with :class:`~otf_flows.jobs.physical.ReferenceStaticMaker`
+  as their static maker, i.e. one campaign-reference single point (CP2K through atomate2 and custodian)
+  per strained cell, phonopy displacement or elastic deformation, each a ``dft``-routed job of the graph;
+- :class:`~otf_flows.jobs.physical.RecordPhysicalMaker`, which compares the two and stores the result.
+
+Both sides run on the same structures: the EOS at the same strained cells without relaxation (an
+isotropic strain moves no atom of a crystal whose atoms sit at fixed Wyckoff positions, e.g. diamond),
+the phonons with the same supercell and displacement, the elastic tensor clamped-ion (deformed
+cells without internal relaxation) on both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from jobflow import Flow
+from pydantic import Field, field_validator
+
+from otf_flows._config_base import Strict
+from otf_flows.campaign import CampaignConfig, ExecutionSettings
+from otf_flows.errors import InputError
+from otf_flows.jobs.routing import route
+from otf_flows.structures import build_structure
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PROPERTIES", "PhysicalBenchmark", "load_structure", "physical_flow", "stored_model_calculator"]
+
+PROPERTIES = ("eos", "phonons", "elastic")
+
+
+class PhysicalBenchmark(Strict):
+    """One physical benchmark of the campaign's final model against its DFT reference (``validation.physical``)."""
+
+    property: Literal["eos", "phonons", "elastic"] = Field(
+        description="eos (energy-volume curve, Birch-Murnaghan bulk modulus), phonons (phonopy band structure "
+        "and DOS) or elastic (clamped-ion elastic tensor).")
+    structure: str = Field(description="Structure file (cif, POSCAR, extxyz, ...; relative to the YAML), e.g. a "
+                           "primitive diamond Si cell.")
+    label: str | None = Field(None, description="Name of the benchmark in the store (default: the file's stem).")
+    dft: bool = Field(True, description="Also compute the property with the campaign's reference (DFT).")
+    kpoints: tuple[int, int, int] | None = Field(
+        None, description="k-point grid of the DFT single points; null: the reference's k-point density carried "
+        "over to the benchmark cell (finest spacing of reference.kpoints on the campaign's starting cell).")
+    supercell: tuple[int, int, int] = Field((2, 2, 2), description="phonons: supercell of the structure (diagonal).")
+    displacement_A: float = Field(0.01, gt=0, le=0.1, description="phonons: phonopy displacement (Å).")
+    linear_strain: tuple[float, float] = Field((-0.03, 0.03), description="eos: range of the linear strain of "
+                                               "the cell (fractions; ±0.03 is ±9 % in volume).")
+    n_points: int = Field(7, ge=5, le=15, description="eos: strained cells (energies per curve).")
+
+    @field_validator("linear_strain")
+    @classmethod
+    def _strain(cls, v):
+        if not -0.2 <= v[0] < v[1] <= 0.2:
+            raise ValueError("must be two fractions low < high within -0.2..0.2")
+        return v
+
+
+def stored_model_calculator(store: str, model_id: str, cache_dir: str | None = None):
+    """The ASE calculator of a stored model of any backend: what atomate2's force-field jobs call.
+
+    Given to atomate2 as ``force_field_name={"@module": "otf_flows.validation.physical", "@callable":
+    "stored_model_calculator"}`` with ``calculator_kwargs={"store": ..., "model_id": ...}``; the model is
+    extracted from the store on the node that runs the job.
+    """
+    from otf_flows.jobs.base import open_store
+    from otf_flows.validation.evaluate import model_calculator
+
+    return model_calculator(open_store(store), model_id, cache_dir)
+
+
+def force_field(store: str, model_id: str, cache_dir: str | None = None) -> dict:
+    """``force_field_name`` and ``calculator_kwargs`` of atomate2's force-field makers for a stored model."""
+    kwargs = {"store": store, "model_id": model_id}
+    if cache_dir:
+        kwargs["cache_dir"] = cache_dir
+    return {"force_field_name": {"@module": __name__, "@callable": "stored_model_calculator"},
+            "calculator_kwargs": kwargs}
+
+
+def load_structure(path) -> "Structure":  # noqa: F821 - pymatgen is imported lazily
+    """A pymatgen ``Structure`` from a file that pymatgen or ASE reads; InputError otherwise."""
+    from pymatgen.core import Structure
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--structure: {str(path)!r} does not exist")
+    try:
+        return Structure.from_file(path)
+    except Exception:  # noqa: BLE001 - fall back on ASE's readers (extxyz, ...)
+        pass
+    try:
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = read(path)
+        if not atoms.pbc.all():
+            raise InputError(f"--structure: {path} is not a periodic crystal (pbc={atoms.pbc.tolist()})")
+        return AseAtomsAdaptor.get_structure(atoms)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"--structure: cannot read {path} as a structure ({type(err).__name__}: {err})") from None
+
+
+def campaign_context(store, model_id: str):
+    """The model's campaign configuration and the campaign's starting cell (None, None without a campaign)."""
+    model = store.get_model(model_id)
+    doc = store.get_campaign(model.campaign) if model.campaign else None
+    if doc is None:
+        return None, None
+    config = CampaignConfig.model_validate(doc.config)
+    try:
+        cell = build_structure(config.structure).cell[:]
+    except Exception:  # noqa: BLE001 - the starting file moved: the first labelled frame has the same cell
+        frames = store.frames_of(model.campaign)
+        cell = frames[0].cell if frames else None
+    return config, cell
+
+
+def _route(flow, kind_of, execution) -> None:
+    from jobflow import Job
+
+    def walk(item):
+        if isinstance(item, Job):
+            route(item, kind_of(item), execution)
+        else:
+            for sub in item.jobs:
+                walk(sub)
+
+    walk(flow)
+
+
+def _makers(prop: str, bench: PhysicalBenchmark, static):
+    """The atomate2 maker of ``prop`` whose single points are ``static`` (a force-field or DFT static maker)."""
+    if prop == "eos":
+        from atomate2.forcefields.flows.eos import ForceFieldEosMaker
+
+        return ForceFieldEosMaker(initial_relax_maker=None, eos_relax_maker=static, static_maker=None,
+                                  linear_strain=tuple(bench.linear_strain), number_of_frames=bench.n_points)
+    if prop == "phonons":
+        from atomate2.forcefields.flows.phonons import PhononMaker
+
+        return PhononMaker(bulk_relax_maker=None, static_energy_maker=None, phonon_displacement_maker=static,
+                           displacement=bench.displacement_A, use_symmetrized_structure=None,
+                           kpath_scheme="seekpath", store_force_constants=False, min_length=None)
+    from atomate2.forcefields.flows.elastic import ElasticMaker
+
+    return ElasticMaker(bulk_relax_maker=None, elastic_relax_maker=static)
+
+
+def physical_flow(bench: PhysicalBenchmark, structure, store: str, model_id: str, config=None,
+                  reference_cell=None) -> Flow:
+    """The flow of one benchmark: the model's atomate2 flow, the DFT one (unless ``bench.dft`` is false or
+    there is no campaign ``config``), and the job that compares and stores them.
+
+    ``reference_cell`` is the campaign's starting cell, whose ``reference.kpoints`` set the k-point density
+    of the DFT single points unless ``bench.kpoints`` is given.
+    """
+    from atomate2.forcefields.jobs import ForceFieldStaticMaker
+
+    from otf_flows.jobs.physical import RecordPhysicalMaker, ReferenceStaticMaker
+    from otf_flows.validation.physical_analysis import adapted_kpoints
+
+    prop = bench.property
+    label = bench.label or "structure"
+    cache = config.execution.cache_dir if config is not None else None
+    model_static = ForceFieldStaticMaker(name="model single point", **force_field(store, model_id, cache))
+    supercell = [[bench.supercell[0], 0, 0], [0, bench.supercell[1], 0], [0, 0, bench.supercell[2]]]
+    notes = []
+    make_kwargs = {"supercell_matrix": supercell} if prop == "phonons" else {}
+    if prop == "phonons":
+        notes.append(f"supercell {bench.supercell[0]}x{bench.supercell[1]}x{bench.supercell[2]} of the given cell "
+                     f"({len(structure) * bench.supercell[0] * bench.supercell[1] * bench.supercell[2]} atoms), "
+                     f"displacement {bench.displacement_A} Å, phonopy through atomate2, same on both sides")
+    if prop == "eos":
+        low, high = bench.linear_strain
+        notes.append(f"{bench.n_points} cells at linear strains {low:+.3f}..{high:+.3f} of the given cell"
+                     ", atoms not relaxed, same cells on both sides; Birch-Murnaghan fit")
+    if prop == "elastic":
+        notes.append("clamped-ion elastic tensor (deformed cells, atoms not relaxed) on both sides")
+    model_flow = _makers(prop, bench, model_static).make(structure, **make_kwargs)
+    model_flow.name = f"model {prop} of {label}"
+    jobs = [model_flow]
+    dft_output = None
+    kpoints = None
+    if bench.dft and config is not None:
+        if hasattr(config.reference, "kpoints"):
+            if bench.kpoints is not None:
+                kpoints = tuple(bench.kpoints)
+                notes.append(f"DFT k-points {kpoints} as given")
+            elif reference_cell is None:
+                kpoints = tuple(config.reference.kpoints)
+                notes.append(f"DFT k-points {list(kpoints)}: the reference's, unchanged (no campaign cell known)")
+            else:
+                cell = structure.lattice.matrix
+                if prop == "phonons":
+                    cell = [[v * n for v in row] for row, n in zip(cell, bench.supercell)]
+                kpoints = adapted_kpoints(config.reference.kpoints, reference_cell, cell)
+                notes.append(f"DFT k-points {list(kpoints)}: the density of the reference's "
+                             f"{list(config.reference.kpoints)} on the campaign's cell, carried over to the "
+                             f"{'supercell' if prop == 'phonons' else 'benchmark cell'}")
+        dft_static = ReferenceStaticMaker(name="dft single point", config=config, kpoints=kpoints)
+        dft_flow = _makers(prop, bench, dft_static).make(structure, **make_kwargs)
+        dft_flow.name = f"dft {prop} of {label}"
+        jobs.append(dft_flow)
+        dft_output = dft_flow.output
+    settings = {**bench.model_dump(mode="json"), "label": label, "kpoints_used": list(kpoints) if kpoints else None,
+                "supercell_matrix": supercell if prop == "phonons" else None, "notes": notes,
+                "reference": config.reference.model_dump(mode="json") if config is not None else None}
+    record = RecordPhysicalMaker().make(store, model_id, prop, label, structure, model_flow.output, dft_output,
+                                        settings)
+    record.name = f"record {prop} of {label}"
+    jobs.append(record)
+    flow = Flow(jobs, output=record.output, name=f"physical {prop} of {label} ({model_id})")
+    execution = config.execution if config is not None else ExecutionSettings()
+    _route(flow, lambda j: "dft" if j.name.startswith("dft single point") else
+           ("md" if j.name.startswith("model single point") else "light"), execution)
+    return flow
