@@ -23,6 +23,7 @@ from otf_flows.backends.cp2k_settings import Cp2kReference
 from otf_flows.backends.ml_settings import GapModel, MaceModel
 from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import ConfigError
+from otf_flows.validation.physical_settings import PhysicalBenchmark
 
 __all__ = ["CampaignConfig", "load_config", "config_from_dict", "json_schema"]
 
@@ -402,6 +403,9 @@ class ValidationSettings(_Strict):
         "refit", description="When: after every refit, every k-th refit (an integer), or at the end only."
     )
     promotion: PromotionGate | None = Field(None, description="Optional promotion gate against the parent model.")
+    physical: list[PhysicalBenchmark] = Field(
+        default_factory=list, description="Physical benchmarks of the final model against the reference (EOS, "
+        "phonons, elastic tensor; atomate2 flows run after the final validation, seed 001 Sec. V B).")
 
     @field_validator("every")
     @classmethod
@@ -628,6 +632,11 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             raise ConfigError(f"refit.previous_data: {item!r} does not exist (looked in {base})")
         resolved.append(str(path))
     config.refit.previous_data = resolved
+    for k, bench in enumerate(config.validation.physical):
+        path = (base / bench.structure).resolve()
+        if not path.is_file():
+            raise ConfigError(f"validation.physical.{k}.structure: {bench.structure!r} does not exist (looked in {base})")
+        bench.structure = str(path)
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
         value = getattr(config.execution, key)
         if value is not None:

@@ -16,6 +16,8 @@ from jobflow import Maker, job
 from otf_flows.campaign import CampaignConfig
 from otf_flows.jobs.base import open_store
 from otf_flows.jobs.reference import reference_engine
+from otf_flows.validation.physical_analysis import physical_document
+from otf_flows.validation.sets import save_validation
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +90,6 @@ class RecordPhysicalMaker(Maker):
     @job
     def make(self, store: str, model_id: str, prop: str, label: str, structure, model_result, dft_result,
              settings: dict):
-        from otf_flows.validation.physical_analysis import physical_document
-        from otf_flows.validation.sets import save_validation
-
         st = open_store(store)
         model = st.get_model(model_id)
         doc = physical_document(prop, label, structure, model_result, dft_result, settings)

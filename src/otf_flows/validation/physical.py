@@ -21,50 +21,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from jobflow import Flow, Job
 
-from jobflow import Flow
-from pydantic import Field, field_validator
-
-from otf_flows._config_base import Strict
 from otf_flows.campaign import CampaignConfig, ExecutionSettings
 from otf_flows.errors import InputError
+from otf_flows.jobs.physical import RecordPhysicalMaker, ReferenceStaticMaker
 from otf_flows.jobs.routing import route
+from otf_flows.validation.physical_analysis import adapted_kpoints
 from otf_flows.structures import build_structure
+from otf_flows.validation.physical_settings import PROPERTIES, PhysicalBenchmark
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PROPERTIES", "PhysicalBenchmark", "load_structure", "physical_flow", "stored_model_calculator"]
-
-PROPERTIES = ("eos", "phonons", "elastic")
-
-
-class PhysicalBenchmark(Strict):
-    """One physical benchmark of the campaign's final model against its DFT reference (``validation.physical``)."""
-
-    property: Literal["eos", "phonons", "elastic"] = Field(
-        description="eos (energy-volume curve, Birch-Murnaghan bulk modulus), phonons (phonopy band structure "
-        "and DOS) or elastic (clamped-ion elastic tensor).")
-    structure: str = Field(description="Structure file (cif, POSCAR, extxyz, ...; relative to the YAML), e.g. a "
-                           "primitive diamond Si cell.")
-    label: str | None = Field(None, description="Name of the benchmark in the store (default: the file's stem).")
-    dft: bool = Field(True, description="Also compute the property with the campaign's reference (DFT).")
-    kpoints: tuple[int, int, int] | None = Field(
-        None, description="k-point grid of the DFT single points; null: the reference's k-point density carried "
-        "over to the benchmark cell (finest spacing of reference.kpoints on the campaign's starting cell).")
-    supercell: tuple[int, int, int] = Field((2, 2, 2), description="phonons: supercell of the structure (diagonal).")
-    displacement_A: float = Field(0.01, gt=0, le=0.1, description="phonons: phonopy displacement (Å).")
-    linear_strain: tuple[float, float] = Field((-0.03, 0.03), description="eos: range of the linear strain of "
-                                               "the cell (fractions; ±0.03 is ±9 % in volume).")
-    n_points: int = Field(7, ge=5, le=15, description="eos: strained cells (energies per curve).")
-
-    @field_validator("linear_strain")
-    @classmethod
-    def _strain(cls, v):
-        if not -0.2 <= v[0] < v[1] <= 0.2:
-            raise ValueError("must be two fractions low < high within -0.2..0.2")
-        return v
-
 
 def stored_model_calculator(store: str, model_id: str, cache_dir: str | None = None):
     """The ASE calculator of a stored model of any backend: what atomate2's force-field jobs call.
@@ -113,6 +82,23 @@ def load_structure(path) -> "Structure":  # noqa: F821 - pymatgen is imported la
         raise InputError(f"--structure: cannot read {path} as a structure ({type(err).__name__}: {err})") from None
 
 
+def final_benchmarks(store, config: CampaignConfig, campaign: str, store_location: str, model_id: str) -> Flow | None:
+    """The flows of the campaign's ``validation.physical`` benchmarks of its final model (None before the
+    campaign's last step, without benchmarks, or when every one is stored for ``model_id`` already)."""
+    if not config.validation.physical or store.require_campaign(campaign).step < config.md.total_steps:
+        return None
+    reference_cell = build_structure(config.structure).cell[:]
+    flows = []
+    for bench in config.validation.physical:
+        label = bench.label or Path(bench.structure).stem
+        if store.validations(model_id, f"physical:{bench.property}:{label}"):
+            continue
+        bench = bench.model_copy(update={"label": label})
+        flows.append(physical_flow(bench, load_structure(bench.structure), store_location, model_id, config,
+                                   reference_cell))
+    return Flow(flows, name=f"physical benchmarks of {model_id}") if flows else None
+
+
 def campaign_context(store, model_id: str):
     """The model's campaign configuration and the campaign's starting cell (None, None without a campaign)."""
     model = store.get_model(model_id)
@@ -128,17 +114,14 @@ def campaign_context(store, model_id: str):
     return config, cell
 
 
-def _route(flow, kind_of, execution) -> None:
-    from jobflow import Job
-
-    def walk(item):
+def _route(flow, kind: str, execution, pass_on: bool = False) -> None:
+    """Route every job of ``flow`` as ``kind``; with ``pass_on`` the jobs they add at run time inherit it."""
+    for item in ([flow] if isinstance(flow, Job) else flow.jobs):
         if isinstance(item, Job):
-            route(item, kind_of(item), execution)
+            route(item, kind, execution)
+            item.config.pass_manager_config = pass_on
         else:
-            for sub in item.jobs:
-                walk(sub)
-
-    walk(flow)
+            _route(item, kind, execution, pass_on)
 
 
 def _makers(prop: str, bench: PhysicalBenchmark, static):
@@ -169,11 +152,8 @@ def physical_flow(bench: PhysicalBenchmark, structure, store: str, model_id: str
     """
     from atomate2.forcefields.jobs import ForceFieldStaticMaker
 
-    from otf_flows.jobs.physical import RecordPhysicalMaker, ReferenceStaticMaker
-    from otf_flows.validation.physical_analysis import adapted_kpoints
-
     prop = bench.property
-    label = bench.label or "structure"
+    label = bench.label or Path(bench.structure).stem
     cache = config.execution.cache_dir if config is not None else None
     model_static = ForceFieldStaticMaker(name="model single point", **force_field(store, model_id, cache))
     supercell = [[bench.supercell[0], 0, 0], [0, bench.supercell[1], 0], [0, 0, bench.supercell[2]]]
@@ -224,6 +204,10 @@ def physical_flow(bench: PhysicalBenchmark, structure, store: str, model_id: str
     jobs.append(record)
     flow = Flow(jobs, output=record.output, name=f"physical {prop} of {label} ({model_id})")
     execution = config.execution if config is not None else ExecutionSettings()
-    _route(flow, lambda j: "dft" if j.name.startswith("dft single point") else
-           ("md" if j.name.startswith("model single point") else "light"), execution)
+    # the model's side on md workers, the DFT side on dft workers: every job of a side, and (passed on)
+    # the single points that atomate2's phonon and elastic jobs add while they run
+    _route(model_flow, "md", execution, pass_on=True)
+    if dft_output is not None:
+        _route(jobs[1], "dft", execution, pass_on=True)
+    _route(record, "light", execution)
     return flow
