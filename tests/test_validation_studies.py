@@ -20,12 +20,14 @@ from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 from test_fireworks import launchpad  # noqa: F401 - the in-memory LaunchPad fixture
 
+from otf_flows.campaign import PhysicalBenchmark
 from otf_flows.errors import InputError
+from otf_flows.jobs.physical_flow import physical_flow
 from otf_flows.jobs.routing import KINDS
 from otf_flows.managers.fireworks import campaign_workflow
 from otf_flows.store import OtfStore
 from otf_flows.validation.evaluate import model_calculator, predict
-from otf_flows.validation.physical import PhysicalBenchmark, campaign_context, physical_flow
+from otf_flows.validation.physical import campaign_context
 from otf_flows.validation.physical_analysis import adapted_kpoints, eos_fit
 from otf_flows.validation.refit import (
     _campaign_config,

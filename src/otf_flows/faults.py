@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import signal
 
+from otf_flows.settings import otf_settings
+
 _hits: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
     """Die here if ``OTF_FAILPOINT`` names this point and its count is reached."""
-    spec = os.environ.get("OTF_FAILPOINT")
+    spec = otf_settings().failpoint
     if not spec:
         return
     target, _, count = spec.partition(":")

@@ -10,6 +10,8 @@ import typer
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
 from otf_flows.commands.validation import SeedOpt, ThreadsOpt, WorkdirOpt, run_cv, run_physical
 from otf_flows.errors import InputError
+from otf_flows.report import write_report
+from otf_flows.validation import run_validation
 
 #: Validation-document fields left out of ``otf validate --json`` (per-frame lists; they stay in the store).
 _BULKY = ("frame_ids", "energy_error_per_atom")
@@ -38,8 +40,6 @@ def validate(
 ) -> None:
     """Error metrics of a model on a benchmark set, k-fold cross-validation (--cv K), or a physical benchmark
     against DFT (--physical eos|phonons|elastic --structure FILE); each is stored as a validation."""
-    from otf_flows.validation import run_validation
-
     given = [name for name, v in (("--benchmark", benchmark), ("--cv", cv), ("--physical", physical)) if v is not None]
     if len(given) != 1:
         raise InputError(f"give exactly one of --benchmark, --cv, --physical (got {', '.join(given) or 'none'})")
@@ -85,8 +85,6 @@ def report(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Plots and a one-page HTML summary of a campaign."""
-    from otf_flows.report import write_report
-
     st = open_store_arg(store)
     page = write_report(st, campaign, out)
     typer.echo(f"report: {page}", err=True)

@@ -8,8 +8,16 @@ from typing import Optional
 
 import typer
 
+from otf_flows.campaign import PHYSICAL_PROPERTIES, PhysicalBenchmark
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
+from otf_flows.dirs import scratch_dir
 from otf_flows.errors import InputError
+from otf_flows.jobs.holes import hole_search_flow
+from otf_flows.jobs.physical_flow import physical_flow
+from otf_flows.validation.holes import HoleSearch
+from otf_flows.validation.model_card import write_model_card
+from otf_flows.validation.physical import campaign_context, load_structure
+from otf_flows.validation.refit import cross_validate, learning_curve, parse_sizes
 
 SeedOpt = typer.Option(0, "--seed", help="Seed of the shuffle into folds / subsets (and of the random structures).")
 WorkdirOpt = typer.Option(None, "--workdir", help="Directory of the fits and calculations (default: "
@@ -19,7 +27,6 @@ ThreadsOpt = typer.Option(None, "--threads", help="Threads of each fit (default:
 
 def work_dir(store, model_id: str, workdir: Path | None, what: str) -> Path:
     """Where a study of ``model_id`` runs its fits or calculations."""
-    from otf_flows.dirs import scratch_dir
 
     root = Path(workdir) if workdir is not None else scratch_dir(f"validation/{model_id}", store)
     return root / what
@@ -32,7 +39,6 @@ def _milli(value):
 def run_cv(store_arg: str | None, model_id: str, k: int, seed: int, workdir: Path | None, threads: int | None,
            as_json: bool) -> None:
     """``otf validate MODEL --cv K``."""
-    from otf_flows.validation.refit import cross_validate
 
     if k < 2:
         raise InputError(f"--cv: K must be at least 2, got {k}")
@@ -72,7 +78,6 @@ def learning_curve_cmd(
 ) -> None:
     """Error on a fixed held-out set against training-set size: sub-models refitted with the model's own
     settings on nested random subsets of its training frames (stored as a validation)."""
-    from otf_flows.validation.refit import learning_curve, parse_sizes
 
     wanted = parse_sizes(sizes)
     st = open_store_arg(store)
@@ -99,7 +104,6 @@ def model_card_cmd(
     sets, learning curves, errors at check time, physical benchmarks against DFT, hole search, lineage."""
     import json
 
-    from otf_flows.validation.model_card import write_model_card
 
     st = open_store_arg(store)
     st.get_model(model_id)
@@ -132,16 +136,9 @@ def run_physical(store_arg: str | None, model_id: str, prop: str, structure: Pat
     model and of the campaign's DFT reference, run here (``run_locally``) against the store."""
     from jobflow import run_locally
 
-    from otf_flows.validation.physical import (
-        PROPERTIES,
-        PhysicalBenchmark,
-        campaign_context,
-        load_structure,
-        physical_flow,
-    )
 
-    if prop not in PROPERTIES:
-        raise InputError(f"--physical: {prop!r} is not one of {', '.join(PROPERTIES)}")
+    if prop not in PHYSICAL_PROPERTIES:
+        raise InputError(f"--physical: {prop!r} is not one of {', '.join(PHYSICAL_PROPERTIES)}")
     if structure is None:
         raise InputError("--physical needs --structure FILE (e.g. a primitive diamond Si cell)")
     cells = _triple(supercell, "--supercell")
@@ -198,9 +195,6 @@ def holes_cmd(
     from jobflow import run_locally
     from pydantic import ValidationError
 
-    from otf_flows.jobs.holes import hole_search_flow
-    from otf_flows.validation.holes import HoleSearch
-    from otf_flows.validation.physical import campaign_context
 
     try:
         settings = HoleSearch(n_structures=n, n_atoms=atoms, margin_eV_per_atom=margin, min_distance_A=min_distance,

@@ -10,8 +10,8 @@ from jobflow import Maker, Response, job
 from otf_flows import progress
 from otf_flows.campaign import CampaignConfig
 from otf_flows.jobs.base import job_settings, timed
+from otf_flows.jobs.physical_flow import final_benchmarks
 from otf_flows.validation.evaluate import model_calculator, run_validation, validate_model
-from otf_flows.validation.physical import final_benchmarks
 from otf_flows.validation.sets import CHECKS, common_untrained_frames, get_validation
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from pydantic import Field
 
-from otf_flows._config_base import Strict
 from otf_flows.errors import InputError
 from otf_flows.schemas.documents import now
+from otf_flows.validation.evaluate import model_calculator
+from otf_flows.yaml_config import Strict
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ def search(store, model_id: str, settings: HoleSearch, calculator=None) -> dict:
     """
     from ase.data import atomic_masses
     from ase.units import _amu
-
-    from otf_flows.validation.evaluate import model_calculator
 
     model = store.get_model(model_id)
     scales = campaign_scales(store, model)

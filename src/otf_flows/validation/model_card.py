@@ -20,6 +20,8 @@ import numpy as np
 
 from otf_flows.frames import frame_level_of_theory
 from otf_flows.schemas.documents import now
+from otf_flows.validation import plots
+from otf_flows.validation.card_html import render_card
 from otf_flows.validation.refit import DEFINITIONS
 from otf_flows.validation.sets import validations_of
 
@@ -133,9 +135,6 @@ def gather(store, model_id: str) -> dict:
 
 def write_model_card(store, model_id: str, out_dir) -> Path:
     """Write ``model_card.json``, ``model_card.html`` and the figures into ``out_dir``; return the page."""
-    from otf_flows.validation import plots
-    from otf_flows.validation.card_html import render_card
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = gather(store, model_id)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from otf_flows.backends.ml import get_backend
-from otf_flows.backends.ml_settings import GapModel, MaceModel
 from otf_flows.campaign import CampaignConfig, Refit
 from otf_flows.errors import InputError
-from otf_flows.jobs.fit import fit_model, training_atoms
+from otf_flows.frames import frame_to_atoms
+from otf_flows.labels import VIRIAL_KEY
+from otf_flows.ml.registry import GapModel, MaceModel, get_backend
 from otf_flows.schemas.documents import FrameDoc, ModelDoc, now
 from otf_flows.validation.evaluate import predict, reference_labels
 from otf_flows.validation.metrics import METRIC_KEYS, compare, metrics, summarise
@@ -183,8 +183,11 @@ def _fit_and_predict(recipe: FitRecipe, train: list[FrameDoc], test: list[FrameD
                      num_threads: int | None):
     """Fit a sub-model on ``train`` and return its predictions on ``test`` and the fit's wall time."""
     backend = get_backend(recipe.backend)
-    result = fit_model(backend, training_atoms(train, recipe.virials), workdir, recipe.model, recipe.refit,
-                       num_threads=num_threads, seed=recipe.seed)
+    atoms = [frame_to_atoms(f) for f in train]
+    if not recipe.virials:  # as the campaign's refits: virial labels only when it trains on them
+        for a in atoms:
+            a.info.pop(VIRIAL_KEY, None)
+    result = backend.fit(atoms, workdir, recipe.model, recipe.refit, num_threads=num_threads, seed=recipe.seed)
     calc = backend.calculator(result.model_dir)
     return predict(calc, test), result.seconds
 

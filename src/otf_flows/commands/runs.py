@@ -1,0 +1,321 @@
+"""Campaign commands: run, schema, checks, models, lineage, status."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from otf_flows import progress
+from otf_flows.campaign import json_schema
+from otf_flows.commands import (
+    JsonOpt,
+    StoreOpt,
+    app,
+    check_row,
+    make_console,
+    model_row,
+    open_store_arg,
+    print_json,
+    print_table,
+)
+from otf_flows.flows.lifecycle import prepare_campaign
+from otf_flows.flows.maker import OtfMDMaker
+from otf_flows.managers.allocation import allocation_rows, allocations
+from otf_flows.managers.local import run_campaign
+from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
+
+
+@app.command()
+def schema() -> None:
+    """Print the campaign YAML's JSON Schema."""
+    sys.stdout.write(json_schema() + "\n")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Campaign YAML."),
+    store: Optional[str] = StoreOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the campaign from the store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress stays on "
+                                 "stderr)."),
+    stop_after: Optional[float] = typer.Option(
+        None, "--stop-after", min=0, help="Stop resumably after this many seconds (before a walltime), between two "
+        "jobs; exit code 3."),
+    stop_grace: float = typer.Option(
+        60.0, "--stop-grace", min=0, help="Seconds the job running at a stop request (SIGTERM, --stop-after) may "
+        "take to finish; then it is abandoned and reruns on --resume."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Cache directory (before execution.cache_dir and $OTF_CACHE_DIR; default "
+        "<tmp>/otf_flows-cache-<uid>)."),
+    scratch_dir: Optional[Path] = typer.Option(
+        None, "--scratch-dir", help="Root of the job directories (before execution.scratch_dir and "
+        "$OTF_SCRATCH_DIR; default <store>/runs, or ./otf-runs for a MongoDB store)."),
+) -> None:
+    """Run a campaign locally (progress bar, then a summary).
+
+    SIGTERM (a batch system's walltime warning) or --stop-after stops the campaign between two
+    jobs and exits with code 3: continue with `otf run CONFIG --resume` (otf submit --batch
+    scripts do). A second SIGTERM abandons the running job at once.
+    """
+    cfg = OtfMDMaker.from_yaml(config).campaign_config()  # the settings an OtfMDMaker of this YAML carries
+    if cache_dir is not None:  # stored with the campaign: its jobs read it from there
+        cfg.execution.cache_dir = str(cache_dir.resolve())
+    if scratch_dir is not None:
+        cfg.execution.scratch_dir = str(scratch_dir.resolve())
+    st = open_store_arg(store, cfg.store, must_exist=False)
+    start = time.perf_counter()
+    flow = prepare_campaign(cfg, st, resume=resume, check_engine=True)
+    with _progress(cfg) as listener, GracefulStop(stop_after, stop_grace) as stop:
+        progress.subscribe(listener)
+        try:
+            doc = run_campaign(cfg, st, flow, stop=stop)
+        except Abandoned as err:
+            doc = None
+            reason = str(err)
+        finally:
+            progress.unsubscribe(listener)
+    if doc is not None and doc.status == "stopped":
+        reason = doc.message or "stopped"
+    _summary(st, cfg.name, time.perf_counter() - start, as_json)
+    if doc is None or doc.status == "stopped":
+        sys.stderr.write(f"otf: stopped ({reason.removeprefix('stopped: ')}); continue with "
+                         f"`otf run {config} --resume`\n")
+        raise typer.Exit(EXIT_STOPPED)
+
+
+def _progress(cfg):
+    """Context manager yielding an event listener that drives a rich progress bar."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def manager():
+        console = make_console(stderr=True)
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps │ interval {task.fields[interval]} │ checks {task.fields[checks]} "
+                       "(failed {task.fields[failed]}) │ fits {task.fields[refits]} │ DFT {task.fields[dft]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        task = bar.add_task(cfg.name, total=cfg.md.total_steps, interval=cfg.check_interval, checks=0, failed=0,
+                            refits=0, dft=0)
+        counts = {"checks": 0, "failed": 0, "refits": 0, "dft": 0}
+
+        # In a log file (batch job, nohup) the bar is drawn only at the end: write a line per
+        # check and refit instead, so that progress can be followed with `tail -f`.
+        lines = not console.is_terminal
+
+        def listener(event: str, data: dict) -> None:
+            if event == "md_step":
+                bar.update(task, completed=data["step"])
+            elif event == "check":
+                counts["checks"] += 1
+                counts["failed"] += not data["passed"]
+                bar.update(task, completed=data["step"], interval=data["new_interval"], **counts)
+                if lines:
+                    verdict = "passed" if data["passed"] else "FAILED"
+                    console.print(f"step {data['step']}/{cfg.md.total_steps}: check {verdict}, next interval "
+                                  f"{data['new_interval']} ({counts['checks']} checks, {counts['refits']} fits, "
+                                  f"{counts['dft']} DFT calls, {bar.tasks[0].elapsed or 0:.0f} s)",
+                                  highlight=False)
+            elif event == "refit":
+                counts["refits"] += 1
+                bar.update(task, **counts)
+                if lines:
+                    console.print(f"model {data['model_id']} fitted on {data['n_frames']} frames "
+                                  f"in {data['seconds'] or 0:.0f} s", highlight=False)
+            elif event == "refit_failed" and lines:
+                console.print(f"refit failed, going on with {data['model_id']}: {data['error']}", highlight=False)
+            elif event == "reference":
+                counts["dft"] += 1
+                bar.update(task, **counts)
+                if lines:
+                    console.print(f"DFT call {counts['dft']} ({data['kind']}, step {data['step']}) "
+                                  f"took {data['seconds']:.0f} s", highlight=False)
+
+        with bar:
+            yield listener
+
+    return manager()
+
+
+#: The end-of-run summary shows the errors of this many most recent checks.
+LAST_CHECKS = 5
+
+
+def _median_max(values: list) -> tuple[float | None, float | None]:
+    import numpy as np
+
+    values = [v for v in values if v is not None]
+    return (float(np.median(values)), float(max(values))) if values else (None, None)
+
+
+def summary_data(st, name: str, seconds: float) -> dict:
+    """What the end-of-run summary shows (``otf run --json`` prints it)."""
+    doc = st.require_campaign(name)
+    checks = st.checks(name)
+    split = st.time_split(name)
+    labels = [f for f in st.frames_of(name) if f.source != "import"]
+    busy = split["reference"] + split["fit"] + split["ml_md"]
+    # the split covers the whole campaign, over every run of it (--resume); the wall time of a
+    # run killed without a chance to record it is missing from doc.wall_seconds, hence the max
+    total = max(doc.wall_seconds, busy)
+    recent = sorted(checks, key=lambda c: c.created_at)[-LAST_CHECKS:]
+    frmse_median, frmse_max = _median_max([c.frmse for c in recent])
+    ediff_median, ediff_max = _median_max([c.ediff for c in recent])
+    model = st.get_model(doc.model_id) if doc.model_id else None
+    trained = set(model.training_frame_ids) if model else set()
+    return {
+        "campaign": name,
+        "status": doc.status,
+        "step": doc.step,
+        "total_steps": doc.total_steps,
+        "n_dft_labels": len(labels),
+        "n_checks": len(checks),
+        "n_failed_checks": sum(not c.passed for c in checks),
+        "n_guard_trips": sum(c.kind == "guard" for c in checks),
+        "n_refits": sum(c.refit for c in checks),
+        "n_models": len(st.models(name)),
+        "model_id": doc.model_id,
+        "model_n_training_frames": model.n_training_frames if model else None,
+        "n_dft_labels_trained": sum(f.frame_id in trained for f in labels) if model else None,
+        "last_checks": {
+            "n": len(recent), "n_passed": sum(c.passed for c in recent),
+            "frmse_median": frmse_median, "frmse_max": frmse_max,
+            "ediff_median": ediff_median, "ediff_max": ediff_max,
+        },
+        "wall_seconds": {
+            "reference": split["reference"], "fit": split["fit"], "ml_md": split["ml_md"],
+            "other": max(total - busy, 0.0), "campaign": total, "this_run": seconds,
+        },
+        "store": st.describe(),
+    }
+
+
+def _summary(st, name: str, seconds: float, as_json: bool = False) -> None:
+    from rich.table import Table
+
+    data = summary_data(st, name, seconds)
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"campaign {name}: {data['status']}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("MD steps", f"{data['step']} / {data['total_steps']}")
+    table.add_row("DFT calls (initial + checks)", str(data["n_dft_labels"]))
+    table.add_row("checks (failed)", f"{data['n_checks']} ({data['n_failed_checks']})")
+    table.add_row("refits", str(data["n_refits"]))
+    table.add_row("models", str(data["n_models"]))
+    table.add_row("current model", str(data["model_id"]))
+    if data["n_dft_labels_trained"] is not None:
+        extra = data["model_n_training_frames"] - data["n_dft_labels_trained"]
+        table.add_row("DFT labels in its training set",
+                      f"{data['n_dft_labels_trained']} / {data['n_dft_labels']}"
+                      + (f" (+{extra} imported)" if extra > 0 else ""))
+    last = data["last_checks"]
+    if last["n"]:
+        def errors(key: str, unit: str) -> str:
+            if last[f"{key}_median"] is None:
+                return "-"
+            return f"median {last[f'{key}_median']:.4g} (max {last[f'{key}_max']:.4g}) {unit}"
+
+        head = f"last {last['n']} checks at check time"
+        table.add_row(f"{head}: frmse", errors("frmse", "eV/Å"))
+        table.add_row(f"{head}: ediff", errors("ediff", "eV/atom"))
+        table.add_row(f"{head}: passed", f"{last['n_passed']}/{last['n']}")
+    wall = data["wall_seconds"]
+    total = wall["campaign"]
+    for label, key in (("reference", "reference"), ("fit", "fit"), ("ML-MD", "ml_md"), ("other", "other")):
+        share = 100 * wall[key] / total if total > 0 else 0.0
+        table.add_row(f"wall time: {label}", f"{wall[key]:.1f} s ({share:.1f} %)")
+    table.add_row("wall time: campaign", f"{total:.1f} s ({total / 60:.1f} min)")
+    if abs(total - seconds) > 0.1 * total:  # earlier runs of a resumed campaign
+        table.add_row("wall time: this run", f"{seconds:.1f} s")
+    console = make_console(stderr=True)
+    console.print(table)
+    console.print(f"results: store {data['store']} — try `otf checks {name}` and `otf models --campaign {name}`")
+
+
+@app.command()
+def checks(campaign: str = typer.Argument(..., help="Campaign name."), store: Optional[str] = StoreOpt,
+           as_json: bool = JsonOpt) -> None:
+    """One row per DFT check."""
+    st = open_store_arg(store)
+    st.require_campaign(campaign)
+    rows = [check_row(c) for c in st.checks(campaign)]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["step", "kind", "trigger", "interval", "ediff", "fmax", "frmse", "vmax", "passed",
+                           "new_interval", "refit", "model_id", "new_model_id"],
+                    f"checks of {campaign}: errors of the checked model at check time "
+                    "(before the frame joins the training set)")
+
+
+@app.command()
+def models(campaign: Optional[str] = typer.Option(None, "--campaign", help="Only this campaign's models."),
+           store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Model versions."""
+    st = open_store_arg(store)
+    if campaign:
+        st.require_campaign(campaign)
+    rows = [model_row(m) for m in st.models(campaign)]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["model_id", "parent_model_id", "n_training_frames", "trigger_check_step", "fit_seconds",
+                      "created_at"], "models")
+
+
+@app.command()
+def lineage(model_id: str = typer.Argument(..., help="Model id."), store: Optional[str] = StoreOpt,
+            as_json: bool = JsonOpt) -> None:
+    """Ancestry of a model, newest first."""
+    st = open_store_arg(store)
+    rows = [model_row(m) for m in st.lineage(model_id)]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["model_id", "parent_model_id", "n_training_frames", "trigger_check_step", "fit_seconds",
+                      "created_at"], f"lineage of {model_id}")
+
+
+@app.command()
+def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (default: all)."),
+           store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Campaigns, progress and cost so far."""
+    st = open_store_arg(store)
+    docs = [st.require_campaign(campaign)] if campaign else st.campaigns()
+    rows = []
+    for d in docs:
+        split = st.time_split(d.name)
+        rows.append({
+            "campaign": d.name, "status": d.status, "step": d.step, "total_steps": d.total_steps,
+            "model_id": d.model_id, "n_checks": len(st.checks(d.name)), "n_models": len(st.models(d.name)),
+            "wall_seconds": d.wall_seconds, "reference_seconds": split["reference"], "fit_seconds": split["fit"],
+            "ml_md_seconds": split["ml_md"], "message": d.message,
+        })
+    chain = []
+    if campaign:  # allocation mode: the batch allocations that ran the campaign
+
+        chain = allocation_rows(allocations(st, campaign))
+        rows[0]["allocations"] = chain
+    if as_json:
+        print_json(rows if not campaign else rows[0])
+    else:
+        print_table(rows, ["campaign", "status", "step", "total_steps", "model_id", "n_checks", "n_models",
+                      "wall_seconds", "message"], "campaigns")
+        if chain:
+            print_table(chain, ["number", "chain", "index", "job_id", "host", "ntasks", "started_at", "ended_at",
+                                "steps", "exit_code", "reason", "next_job_id", "log"],
+                        f"batch allocations of {campaign} (otf submit --batch)")
