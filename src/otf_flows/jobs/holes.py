@@ -12,7 +12,9 @@ from otf_flows.campaign import CampaignConfig, ExecutionSettings
 from otf_flows.jobs.base import open_store
 from otf_flows.jobs.physical import ReferenceStaticMaker
 from otf_flows.jobs.routing import route
+from otf_flows.structures import build_structure
 from otf_flows.validation.holes import HoleSearch, add_dft, search, to_check
+from otf_flows.validation.physical_analysis import adapted_kpoints
 from otf_flows.validation.sets import get_validation, save_validation
 
 logger = logging.getLogger(__name__)
@@ -45,12 +47,16 @@ class HoleSearchMaker(Maker):
             logger.warning("hole search of %s: no campaign, so no DFT reference for the flagged structures", model_id)
             return summary
         execution = self.config.execution
+        reference_cell = build_structure(self.config.structure).cell[:]
         jobs, energies = [], {}
         for index in picks:
             row = doc["structures"][index]
             structure = Structure(Lattice(row["cell"]), row["numbers"], row["positions"], coords_are_cartesian=True)
+            kpoints = None  # the reference's k-point density carried over to the relaxed cell
+            if hasattr(self.config.reference, "kpoints"):
+                kpoints = adapted_kpoints(self.config.reference.kpoints, reference_cell, row["cell"])
             single = route(ReferenceStaticMaker(name=f"dft single point of random structure {index}",
-                                                config=self.config).make(structure), "dft", execution)
+                                                config=self.config, kpoints=kpoints).make(structure), "dft", execution)
             jobs.append(single)
             energies[str(index)] = single.output["output"]["energy_per_atom"]
         record = route(RecordHolesMaker().make(store, model_id, energies), "light", execution)
@@ -68,6 +74,8 @@ class RecordHolesMaker(Maker):
         st = open_store(store)
         doc = get_validation(st, model_id, "holes")
         doc = add_dft(doc, {int(k): float(v) for k, v in energies.items()})
+        doc["dft_note"] = ("DFT single points with the campaign's reference settings, k-points at the reference's "
+                           "density carried over to each relaxed cell")
         save_validation(st, doc)
         return {k: doc[k] for k in ("validation_id", "n_flagged", "n_dft_checked", "n_holes")}
 

@@ -4,9 +4,33 @@ from __future__ import annotations
 
 from html import escape
 
-from otf_flows.report.html import _CSS, _num, _table
 
 __all__ = ["render_card"]
+
+# the campaign report's look (otf_flows.report.html), which links to the card
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; line-height: 1.4; }
+h1 { margin-bottom: 0.1em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; } .muted { color: #666; font-size: 0.9em; }
+"""
+
+
+def _num(value, fmt: str = "{:.4g}") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return fmt.format(value)
+    return escape(str(value))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _milli(value) -> str:
@@ -130,6 +154,24 @@ def _check_time(card: dict) -> str:
             + f"<p class='muted'>{escape(c['definition'])}</p>")
 
 
+_DIFF_LABELS = {
+    "b0_GPa": "ΔB (GPa)", "b1": "ΔB'", "v0_per_atom_A3": "ΔV0 (Å³/atom)",
+    "relative_energy_rmse_meV_per_atom": "RMSE of E − E(lowest cell) over the common cells (meV/atom)",
+    "frequency_rmse_THz": "frequency RMSE over every branch and q-point of the path (THz)",
+    "frequency_mae_THz": "frequency MAE (THz)", "frequency_max_abs_THz": "largest |Δf| (THz)",
+    "n_qpoints": "q-points compared", "n_branches": "branches",
+    "c11_GPa": "ΔC11 (GPa)", "c12_GPa": "ΔC12 (GPa)", "c44_GPa": "ΔC44 (GPa)",
+    "tensor_rms_GPa": "RMS of ΔCij over the Cij with |Cij(DFT)| > 1 GPa (GPa)",
+    "tensor_max_abs_GPa": "largest |ΔCij| (GPa)", "k_vrh_GPa": "ΔK_VRH (GPa)", "g_vrh_GPa": "ΔG_VRH (GPa)",
+}
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "–" if v is None else escape(str(v))
+
+
 def _physical(card: dict) -> str:
     docs = card["physical_benchmarks"]
     if not docs:
@@ -138,10 +180,10 @@ def _physical(card: dict) -> str:
     out = []
     for d in docs:
         diffs = d.get("differences") or {}
-        rows = [[escape(k), escape(_f(v, "{:.4g}") if isinstance(v, float) else str(v))] for k, v in diffs.items()]
+        rows = [[escape(_DIFF_LABELS.get(k, k)), _value(v)] for k, v in diffs.items()]
         notes = "".join(f"<li>{escape(n)}</li>" for n in d.get("notes", []))
         summary = d.get("summary") or {}
-        srows = [[escape(k), escape(str(summary[k].get("model"))), escape(str(summary[k].get("dft"))),
+        srows = [[escape(k), _value(summary[k].get("model")), _value(summary[k].get("dft")),
                   escape(str(summary[k].get("unit", "")))] for k in summary]
         out.append(f"<h3>{escape(d['property'])} of {escape(d.get('formula', ''))} ({escape(d.get('label', ''))})</h3>"
                    + (_table(["quantity", "model", "DFT", "unit"], srows) if srows else "")
@@ -158,7 +200,8 @@ def _holes(card: dict) -> str:
     out = []
     for d in docs:
         rows = [[str(r["index"]), _f(r["energy_per_atom"], "{:.4f}"), _f(r["volume_per_atom"], "{:.2f}"),
-                 _f(r["min_distance_A"], "{:.2f}"), "yes" if r["flagged"] else "",
+                 _f(r["min_distance_A"], "{:.2f}"), f"{r['steps']}{'' if r['converged'] else ' (not converged)'}",
+                 "yes" if r["flagged"] else "",
                  _f(r.get("dft_energy_per_atom"), "{:.4f}"), escape(r.get("verdict") or "")]
                 for r in sorted(d["structures"], key=lambda r: r["energy_per_atom"])]
         out.append(f"<p>{d['n_structures']} random structures of {escape(d['formula'])} at "
@@ -166,11 +209,12 @@ def _holes(card: dict) -> str:
                    f"energy {d['lowest_energy_per_atom']:.4f} eV/atom; lowest DFT energy of the campaign "
                    f"{d['dft_lowest_energy_per_atom']:.4f} eV/atom; margin {d['margin_eV_per_atom']} eV/atom: "
                    f"<b>{d['n_flagged']} flagged</b>.</p>"
-                   + _table(["#", "E model (eV/atom)", "V (Å³/atom)", "min distance (Å)", "flagged",
+                   + _table(["#", "E model (eV/atom)", "V (Å³/atom)", "min distance (Å)", "relaxation steps", "flagged",
                              "E DFT (eV/atom)", "verdict"], rows)
                    + _figure(card, d["validation_id"], "Relaxed random structures: model energy per atom against "
                              "volume; the campaign's lowest DFT energy per atom and the flag threshold.")
-                   + f"<p class='muted'>{escape(d['definition'])}</p>")
+                   + f"<p class='muted'>{escape(d['definition'])}"
+                   + (f"; {escape(d['dft_note'])}" if d.get("dft_note") else "") + ".</p>")
     return "".join(out)
 
 

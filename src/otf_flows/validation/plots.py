@@ -10,11 +10,31 @@ from pathlib import Path
 
 import numpy as np
 
-from otf_flows.report.plots import _empty, _figure, _save
 
 __all__ = ["plot_cv", "plot_eos", "plot_holes", "plot_learning_curve", "plot_phonons"]
 
 MODEL, DFT = "tab:blue", "tab:red"
+DPI = 130  # as the campaign report's figures
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+    return path
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def plot_cv(doc: dict, path: Path) -> Path:
