@@ -179,7 +179,8 @@ def holes_cmd(
     model_id: str = typer.Argument(..., help="Model (see `otf models`)."),
     n: int = typer.Option(20, "--n", help="Random structures to relax."),
     margin: float = typer.Option(0.1, "--margin", help="Flag structures below the campaign's lowest DFT energy "
-                                 "per atom by more than this (eV/atom)."),
+                                 "per atom by more than this (eV/atom); a structure the model places more than "
+                                 "|margin| below its own DFT energy is a hole."),
     atoms: Optional[int] = typer.Option(None, "--atoms", help="Atoms per structure (default: the campaign's cell)."),
     min_distance: Optional[float] = typer.Option(None, "--min-distance", help="Smallest distance between atoms of a "
                                                  "random structure (Å; default 0.85 x the shortest in the training "

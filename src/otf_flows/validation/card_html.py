@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
+from otf_flows.validation.physical_analysis import eos_range_notes
 
 __all__ = ["render_card"]
 
@@ -181,7 +182,10 @@ def _physical(card: dict) -> str:
     for d in docs:
         diffs = d.get("differences") or {}
         rows = [[escape(_DIFF_LABELS.get(k, k)), _value(v)] for k, v in diffs.items()]
-        notes = "".join(f"<li>{escape(n)}</li>" for n in d.get("notes", []))
+        all_notes = list(d.get("notes", []))
+        if d.get("property") == "eos":  # documents stored before the range check carry no such note
+            all_notes += [n for n in eos_range_notes(d.get("model"), d.get("dft")) if n not in all_notes]
+        notes = "".join(f"<li>{escape(n)}</li>" for n in all_notes)
         summary = d.get("summary") or {}
         srows = [[escape(k), _value(summary[k].get("model")), _value(summary[k].get("dft")),
                   escape(str(summary[k].get("unit", "")))] for k in summary]

@@ -39,7 +39,10 @@ class HoleSearch(Strict):
 
     n_structures: int = Field(20, ge=1, le=10000, description="Random structures to relax.")
     n_atoms: int | None = Field(None, ge=1, description="Atoms per structure (default: the campaign's cell).")
-    margin_eV_per_atom: float = Field(0.1, ge=0, description="Flag below the lowest DFT energy minus this (eV/atom).")
+    margin_eV_per_atom: float = Field(
+        0.1, description="Flag structures below the lowest DFT energy per atom minus this (eV/atom); a negative "
+        "margin also flags those up to |margin| above it (e.g. to DFT-check the lowest structures whatever their "
+        "energy).")
     min_distance_A: float | None = Field(
         None, gt=0, description="Smallest distance between atoms of a random structure (default: 0.85 x the "
         "shortest distance in the model's training frames).")
@@ -114,7 +117,9 @@ def relax(atoms: Atoms, calc, fmax: float, steps: int, relax_cell: bool) -> dict
 
 
 def verdict(model_e: float, dft_e: float, margin: float) -> str:
-    """Whether a flagged structure is a hole, from its model and DFT energies per atom (eV/atom)."""
+    """Whether a flagged structure is a hole, from its model and DFT energies per atom (eV/atom): the model
+    places it more than ``|margin|`` below its DFT energy."""
+    margin = abs(margin)
     if model_e < dft_e - margin:
         return f"hole: the model is {1000 * (dft_e - model_e):.0f} meV/atom below DFT"
     return f"not a hole: model within {1000 * margin:.0f} meV/atom of DFT ({1000 * (model_e - dft_e):+.0f})"

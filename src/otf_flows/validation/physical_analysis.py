@@ -13,7 +13,8 @@ import numpy as np
 
 from otf_flows.schemas.documents import now
 
-__all__ = ["adapted_kpoints", "elastic_side", "eos_fit", "eos_side", "phonon_side", "physical_document"]
+__all__ = ["adapted_kpoints", "elastic_side", "eos_fit", "eos_range_notes", "eos_side", "phonon_side",
+           "physical_document"]
 
 
 def _get(obj, key, default=None):
@@ -127,6 +128,21 @@ def _compare_eos(model: dict, dft: dict | None) -> tuple[dict, dict]:
     return summary, diffs
 
 
+def eos_range_notes(model: dict | None, dft: dict | None) -> list[str]:
+    """A note for each side whose fitted V0 lies outside its sampled volumes (V0 and B extrapolated)."""
+    notes = []
+    for side, data in (("model", model), ("DFT", dft)):
+        fit = (data or {}).get("fit")
+        if not fit or not data.get("volumes_per_atom"):
+            continue
+        low, high = min(data["volumes_per_atom"]), max(data["volumes_per_atom"])
+        if not low <= fit["v0_per_atom"] <= high:
+            notes.append(f"{side}: the fitted V0 {fit['v0_per_atom']:.4g} Å³/atom lies outside the sampled volumes "
+                         f"{low:.4g}-{high:.4g} Å³/atom, so its V0 and B are extrapolated (sample a wider strain "
+                         "range around it for a converged B)")
+    return notes
+
+
 def _compare_phonons(model: dict, dft: dict | None) -> tuple[dict, dict]:
     fm = np.asarray(model["band_frequencies_THz"])
     summary = {"highest frequency": _summary_row(fm.max(), None, "THz")}
@@ -187,7 +203,8 @@ def physical_document(prop: str, label: str, structure, model_result, dft_result
     return {
         "property": prop, "label": label, "formula": structure.composition.reduced_formula, "n_atoms": n_atoms,
         "structure": structure.as_dict(), "settings": settings, "model": model, "dft": dft,
-        "summary": summary, "differences": diffs, "notes": list(settings.get("notes", [])),
+        "summary": summary, "differences": diffs,
+        "notes": list(settings.get("notes", [])) + (eos_range_notes(model, dft) if prop == "eos" else []),
         "supercell_matrix": settings.get("supercell_matrix"),
         "created_at": now().isoformat(), "schema_version": 1,
     }

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 __all__ = ["plot_cv", "plot_eos", "plot_holes", "plot_learning_curve", "plot_phonons"]
 
 MODEL, DFT = "tab:blue", "tab:red"
