@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from otf_flows.validation.physical_analysis import eos_range_notes
+from otf_flows.validation.physical_analysis import compare_phonons, eos_range_notes
 
 __all__ = ["render_card"]
 
@@ -187,6 +187,8 @@ def _physical(card: dict) -> str:
             all_notes += [n for n in eos_range_notes(d.get("model"), d.get("dft")) if n not in all_notes]
         notes = "".join(f"<li>{escape(n)}</li>" for n in all_notes)
         summary = d.get("summary") or {}
+        if d.get("property") == "phonons" and d.get("model"):  # documents stored before these rows existed
+            summary = {**compare_phonons(d["model"], d.get("dft"))[0], **summary}
         srows = [[escape(k), _value(summary[k].get("model")), _value(summary[k].get("dft")),
                   escape(str(summary[k].get("unit", "")))] for k in summary]
         out.append(f"<h3>{escape(d['property'])} of {escape(d.get('formula', ''))} ({escape(d.get('label', ''))})</h3>"

@@ -143,13 +143,21 @@ def eos_range_notes(model: dict | None, dft: dict | None) -> list[str]:
     return notes
 
 
+def compare_phonons(model: dict, dft: dict | None) -> tuple[dict, dict]:
+    """Summary rows and differences (model − DFT) of two :func:`phonon_side` results: the band frequencies
+    q-point by q-point and branch by branch (imaginary modes count as negative frequencies)."""
+    return _compare_phonons(model, dft)
+
+
 def _compare_phonons(model: dict, dft: dict | None) -> tuple[dict, dict]:
     fm = np.asarray(model["band_frequencies_THz"])
-    summary = {"highest frequency": _summary_row(fm.max(), None, "THz")}
+    summary = {"highest frequency": _summary_row(fm.max(), None, "THz"),
+               "lowest frequency (< 0: imaginary modes)": _summary_row(fm.min(), None, "THz")}
     if not dft:
         return summary, {}
     fd = np.asarray(dft["band_frequencies_THz"])
     summary["highest frequency"] = _summary_row(fm.max(), fd.max(), "THz")
+    summary["lowest frequency (< 0: imaginary modes)"] = _summary_row(fm.min(), fd.min(), "THz")
     gamma = [i for i, q in enumerate(model["qpoints"]) if np.allclose(q, 0)]
     if gamma:
         summary["highest frequency at Γ"] = _summary_row(fm[gamma[0]].max(), fd[gamma[0]].max(), "THz")
