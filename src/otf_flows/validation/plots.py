@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 __all__ = ["plot_cv", "plot_eos", "plot_holes", "plot_learning_curve", "plot_phonons"]
 
@@ -75,6 +76,10 @@ def plot_learning_curve(doc: dict, path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xticks(n)
         ax.set_xticklabels([str(v) for v in n])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("training frames")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
