@@ -380,6 +380,37 @@ class PromotionGate(_Strict):
     keep_parent: bool = Field(False, description="Go on with the parent model when the new one is flagged.")
 
 
+PHYSICAL_PROPERTIES = ("eos", "phonons", "elastic")
+"""Properties of ``validation.physical``."""
+
+
+class PhysicalBenchmark(_Strict):
+    """One physical benchmark of the campaign's final model against its DFT reference (``validation.physical``)."""
+
+    property: Literal["eos", "phonons", "elastic"] = Field(
+        description="eos (energy-volume curve, Birch-Murnaghan bulk modulus), phonons (phonopy band structure "
+        "and DOS) or elastic (clamped-ion elastic tensor).")
+    structure: str = Field(description="Structure file (cif, POSCAR, extxyz, ...; relative to the YAML), e.g. a "
+                           "primitive diamond Si cell.")
+    label: str | None = Field(None, description="Name of the benchmark in the store (default: the file's stem).")
+    dft: bool = Field(True, description="Also compute the property with the campaign's reference (DFT).")
+    kpoints: tuple[int, int, int] | None = Field(
+        None, description="k-point grid of the DFT single points; null: the reference's k-point density carried "
+        "over to the benchmark cell (finest spacing of reference.kpoints on the campaign's starting cell).")
+    supercell: tuple[int, int, int] = Field((2, 2, 2), description="phonons: supercell of the structure (diagonal).")
+    displacement_A: float = Field(0.01, gt=0, le=0.1, description="phonons: phonopy displacement (Å).")
+    linear_strain: tuple[float, float] = Field((-0.03, 0.03), description="eos: range of the linear strain of "
+                                               "the cell (fractions; ±0.03 is ±9 % in volume).")
+    n_points: int = Field(7, ge=5, le=15, description="eos: strained cells (energies per curve).")
+
+    @field_validator("linear_strain")
+    @classmethod
+    def _strain(cls, v):
+        if not -0.2 <= v[0] < v[1] <= 0.2:
+            raise ValueError("must be two fractions low < high within -0.2..0.2")
+        return v
+
+
 class ValidationSettings(_Strict):
     """Validation of new models (seed 001's recommendations) on benchmark sets and untrained check frames."""
 
@@ -391,6 +422,9 @@ class ValidationSettings(_Strict):
         "refit", description="When: after every refit, every k-th refit (an integer), or at the end only."
     )
     promotion: PromotionGate | None = Field(None, description="Optional promotion gate against the parent model.")
+    physical: list[PhysicalBenchmark] = Field(
+        default_factory=list, description="Physical benchmarks of the final model against the reference (EOS, "
+        "phonons, elastic tensor; atomate2 flows run after the final validation, seed 001 Sec. V B).")
 
     @field_validator("every")
     @classmethod
@@ -681,6 +715,12 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             CampaignConfig.model_validate(walker)
         except ValidationError as err:
             raise ConfigError(f"walkers: walker {spec.name!r}: {_format_error(err, walker)}") from None
+    for k, bench in enumerate(config.validation.physical):
+        path = Path(absolute_path(bench.structure, base))
+        if not path.is_file():
+            raise ConfigError(f"validation.physical.{k}.structure: {bench.structure!r} does not exist "
+                              f"(looked in {base})")
+        bench.structure = str(path)
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
         value = getattr(config.execution, key)
         if value is not None:

@@ -20,6 +20,7 @@ import otf_flows.commands.cluster  # noqa: F401
 import otf_flows.commands.data  # noqa: F401
 import otf_flows.commands.report  # noqa: F401
 import otf_flows.commands.runs  # noqa: F401 - registers the commands
+import otf_flows.commands.validation  # noqa: F401
 from otf_flows.commands import app
 from otf_flows.errors import InputError, OtfError
 from otf_flows.settings import otf_settings

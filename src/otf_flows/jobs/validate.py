@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from jobflow import Maker, job
+from jobflow import Maker, Response, job
 
 from otf_flows import progress
 from otf_flows.campaign import CampaignConfig
 from otf_flows.jobs.base import job_settings, timed
+from otf_flows.jobs.physical_flow import final_benchmarks
 from otf_flows.validation.evaluate import model_calculator, run_validation, validate_model
 from otf_flows.validation.sets import CHECKS, common_untrained_frames, get_validation
 
@@ -63,7 +64,9 @@ class ValidateMaker(Maker):
                 if config.walkers is None:  # with walkers the newest unflagged model is the current one
                     st.update_campaign(campaign, model_id=chosen)
         progress.emit("validated", model_id=model_id, benchmarks=sorted(results), kept=chosen)
-        return {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
+        output = {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
+        physical = final_benchmarks(st, config, campaign, store, chosen)  # validation.physical, after the last step
+        return Response(output=output, addition=physical) if physical is not None else output
 
     @staticmethod
     def _gate(st, model, names: list[str], gate, cache: str | None = None):

@@ -7,6 +7,7 @@ from pathlib import Path
 from otf_flows.report import plots
 from otf_flows.report.data import CampaignData, collect, performance_table
 from otf_flows.report.html import render_html
+from otf_flows.validation.model_card import write_model_card
 
 __all__ = ["FIGURES", "CampaignData", "collect", "performance_table", "write_report"]
 
@@ -32,6 +33,9 @@ def write_report(store, campaign: str, out_dir, calculator=None) -> Path:
         "rdf": plots.plot_structure(data, out / "rdf.png"),
         "time_split": plots.plot_time_split(data, table, out / "time_split.png"),
     }
+    card = None
+    if data.latest_model_id is not None:  # the latest model's card next to the report
+        card = write_model_card(store, data.latest_model_id, out / "model_card").relative_to(out).as_posix()
     page = out / "index.html"
-    page.write_text(render_html(data, table, figures), encoding="utf-8")
+    page.write_text(render_html(data, table, figures, model_card=card), encoding="utf-8")
     return page

@@ -125,7 +125,9 @@ def _check_time(data: CampaignData) -> str:
 def _validations(data: CampaignData) -> str:
     if not data.validations:
         return "<p class='muted'>None stored (run <code>otf validate MODEL --benchmark NAME</code>).</p>"
-    rows = [[escape(v["model_id"]), escape(v["benchmark"]), *_metric_cells(v)] for v in data.validations]
+    # error metrics on frame sets (benchmarks, check frames, cross-validation); the other studies are in the model card
+    rows = [[escape(v["model_id"]), escape(v["benchmark"]), *_metric_cells(v)] for v in data.validations
+            if v.get("kind") in (None, "cv")]
     return _table(["model", "benchmark", *[h for _, h, _ in _METRIC_COLUMNS]], rows)
 
 
@@ -135,7 +137,15 @@ def _models(data: CampaignData) -> str:
     return _table(["model", "parent", "training frames", "triggered by check at step", "fit time"], rows)
 
 
-def render_html(data: CampaignData, table: dict, figures: dict[str, Path]) -> str:
+def _model_card(page: str | None, model_id: str | None) -> str:
+    if page is None:
+        return ""
+    return (f"<h2>Model card</h2><p><a href='{escape(page)}'>Model card of {escape(str(model_id))}</a>: training "
+            "data, cross-validation, external test sets, learning curve, errors at check time, physical benchmarks "
+            "against DFT, hole search and lineage (the checklist of Morrow, Gardner and Deringer, 2023).</p>")
+
+
+def render_html(data: CampaignData, table: dict, figures: dict[str, Path], model_card: str | None = None) -> str:
     """The page: Table I, checks and models, accuracy of the latest model, the figures."""
     doc = data.campaign
     checks = data.checks
@@ -190,6 +200,7 @@ then trained on (<code>refit.train_on</code>), which makes the table below large
 {_accuracy(data)}
 <h2>Stored validations</h2>
 {_validations(data)}
+{_model_card(model_card, data.latest_model_id)}
 <h2>Figures</h2>
 {figs}
 </body></html>
