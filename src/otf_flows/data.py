@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from otf_flows.backends.reference import Labels
-from otf_flows.errors import InputError
+from otf_flows.campaign import store_reference
+from otf_flows.errors import InputError, NotFoundError
 from otf_flows.frames import frame_from_labels
+from otf_flows.labels import Labels
 from otf_flows.schemas.documents import FrameDoc, Provenance
+from otf_flows.structures import validate_atoms
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,6 @@ def read_labelled_xyz(
         values = [energy, forces] + ([virial] if virial is not None else [])
         if not all(np.all(np.isfinite(v)) for v in values) or not np.all(np.isfinite(atoms.positions)):
             raise InputError(f"{where}: labels or positions contain NaN or infinity")
-        from otf_flows.structures import validate_atoms
 
         validate_atoms(atoms, where)
         config_type = str(atoms.info.get(config_type_key, "default"))
@@ -121,23 +122,20 @@ def frames_from_xyz(path, campaign: str | None = None, source: str = "import", *
     return docs
 
 
-def import_previous_data(store, config, campaign: str) -> int:
+def import_previous_data(store, refit, initial_model: str | None, campaign: str) -> int:
     """Add ``refit.previous_data`` (files or ``campaign:``/``model:`` references) to the training set.
 
-    ``model.initial_model`` counts as ``model:ID``: the campaign goes on from that model's
-    training frames, so its refits keep what the model knew. Idempotent; returns the number
+    ``initial_model`` (``model.initial_model``) counts as ``model:ID``: the campaign goes on from that
+    model's training frames, so its refits keep what the model knew. Idempotent; returns the number
     of distinct frames.
     """
-    from otf_flows.errors import NotFoundError
-
-    refit = config.refit
     items = list(refit.previous_data)
-    initial = config.model.initial_model
+    initial = initial_model
     if initial is not None and f"model:{initial}" not in items:
         items.append(f"model:{initial}")
     frame_ids: set[str] = set()
     for item in items:
-        kind, _, name = item.partition(":")
+        kind, name = store_reference(item) or (None, None)
         if kind == "campaign" and not Path(item).exists():
             frames = store.training_frames(name)
             if not frames:

@@ -23,6 +23,8 @@ import signal
 import time
 from pathlib import Path
 
+from otf_flows.settings import otf_settings
+
 logger = logging.getLogger(__name__)
 
 _hits: dict[str, int] = {}
@@ -39,7 +41,7 @@ def release_holds() -> None:
 
 def failpoint(name: str) -> None:
     """Act here if ``OTF_FAILPOINT`` names this point and its pass has come (see the module docstring)."""
-    spec = os.environ.get("OTF_FAILPOINT")
+    spec = otf_settings().failpoint
     if not spec:
         return
     target, _, rest = spec.partition(":")
@@ -58,7 +60,7 @@ def failpoint(name: str) -> None:
 
 def _count(name: str) -> int:
     """This pass's number: per process, or in ``OTF_FAILPOINT_COUNTS`` across processes."""
-    path = os.environ.get("OTF_FAILPOINT_COUNTS")
+    path = otf_settings().failpoint_counts
     if not path:
         _hits[name] = _hits.get(name, 0) + 1
         return _hits[name]
@@ -75,7 +77,7 @@ def _count(name: str) -> int:
 
 
 def _hold(name: str, seconds: float) -> None:
-    release = os.environ.get("OTF_FAILPOINT_RELEASE")
+    release = otf_settings().failpoint_release
     logger.warning("failpoint %s: holding (at most %g s)", name, seconds)
     end = time.monotonic() + seconds
     while not _released and time.monotonic() < end and not (release and Path(release).exists()):

@@ -16,9 +16,10 @@ from otf_flows.faults import failpoint
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
-from otf_flows.jobs.reference import ReferenceCheckMaker, model_labels_of_check, state_id
+from otf_flows.jobs.reference import ReferenceCheckMaker
 from otf_flows.jobs.routing import route
 from otf_flows.jobs.validate import ValidateMaker
+from otf_flows.md.state import model_labels_of_check, state_id
 from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
 
