@@ -159,8 +159,10 @@ def _check_chain(chain: Chain, scheduler: str, why: str) -> list[dict]:
     assert [r["number"] for r in rows] == list(range(1, len(rows) + 1))
     assert all(r["chain"] == 1 and r["index"] == f"{r['number']}/13" for r in rows)
     for before, after in itertools.pairwise(rows):
-        assert before["exit_code"] == 3 and before["reason"].startswith("stopped (") \
-            and before["reason"].endswith("resubmitted"), before
+        # exit 3: stopped by otf run; 143: the warning came while `otf run` was still starting (Python's
+        # imports, before its SIGTERM handler; seen with the machine loaded): no job ran, resubmitted too
+        stopped = before["exit_code"] == 3 or (before["exit_code"] == 143 and "walltime warning" in before["reason"])
+        assert stopped and before["reason"].startswith("stopped (") and "; resubmitted" in before["reason"], before
         assert before["next_job_id"] == after["job_id"]  # the script resubmitted itself
         assert before["ended_at"] <= after["started_at"]  # afterany dependency: never two at once
         assert after["steps"].split("-")[0] == before["steps"].split("-")[1]  # continued where it stopped
@@ -171,7 +173,8 @@ def _check_chain(chain: Chain, scheduler: str, why: str) -> list[dict]:
     logs = sorted(p.name for p in alloc_dir.glob("allocation-*.log"))
     assert logs == [f"allocation-{r['number']:03d}.log" for r in rows]
     for row in rows[:-1]:
-        assert "continue with `otf run" in Path(row["log"]).read_text()
+        if row["exit_code"] == 3:  # (killed while starting, exit 143, `otf run` wrote nothing)
+            assert "continue with `otf run" in Path(row["log"]).read_text()
     assert (alloc_dir / f"chain-01.{scheduler}").is_file()
     # nothing lost or duplicated: the checks follow the schedule, one label per step and kind, one
     # model per failed check, every label trained on once

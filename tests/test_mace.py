@@ -299,6 +299,38 @@ def test_export_model_is_loadable_by_mace_calculator(campaign, tmp_path):
     assert torch.jit.load(str(dest / "mace.model-lammps.pt")).r_max.item() == pytest.approx(4.0)
 
 
+def test_export_of_a_single_model_says_its_lammps_model_was_written(parent, tmp_path):
+    """A single model (no committee) whose LAMMPS model is written: lammps.in says so, not that it could not
+    be written next to that very file."""
+    _, _, fit = parent
+    dest = tmp_path / "exported"
+    result = run_otf("export-model", fit.doc.model_id, str(dest), "--store", str(fit.model_dir.parent / "store"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (dest / "mace.model-lammps.pt").is_file() and not (dest / "create_lammps_model.log").exists()
+    lammps = (dest / "lammps.in").read_text()
+    assert "# mace.model-lammps.pt: written by mace.cli.create_lammps_model (float64)" in lammps
+    assert "could not be written" not in lammps and "committee" not in lammps
+
+
+def test_export_of_a_committee_whose_lammps_model_fails(campaign, tmp_path):
+    """mace.cli.create_lammps_model fails (here on a damaged member 0): the export still writes lammps.in, with
+    the note that the LAMMPS model could not be written, how to make it, and the committee's members."""
+    store, _ = campaign
+    model = OtfStore(str(store)).models("cu-mace")[-1]
+    dest = tmp_path / "exported"
+    result = run_otf("export-model", model.model_id, str(dest), "--store", str(store))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (dest / "mace.model-lammps.pt").unlink()
+    (dest / "mace.model").write_bytes(b"not a torch file")
+    get_backend("mace").export(dest, dest, model.model_id, [29])
+    assert not (dest / "mace.model-lammps.pt").exists() and (dest / "create_lammps_model.log").is_file()
+    lammps = (dest / "lammps.in").read_text()
+    assert "# mace.model-lammps.pt could not be written here (see create_lammps_model.log)" in lammps
+    assert "mace_create_lammps_model mace.model --dtype=float64" in lammps
+    assert "# committee of 2 models (mace.model, mace.member1.model)" in lammps
+    assert "written by mace.cli.create_lammps_model" not in lammps
+
+
 def test_otf_fit_backend_mace(parent, tmp_path):
     """`otf fit TRAIN.xyz --backend mace` (the parent fixture): a registered MACE model of the config's
     model: block; GAP's options are refused."""

@@ -43,6 +43,7 @@ from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.jobs.base import open_store
 from otf_flows.jobs.routing import route
 from otf_flows.reference.from_maker import reference_from_maker
+from otf_flows.settings import otf_settings
 from otf_flows.store import OtfStore, resolve_location
 from otf_flows.settings import otf_settings
 from otf_flows.structures import structure_spec

@@ -237,12 +237,12 @@ class MaceBackend:
         if proc.returncode == 0 and (dest / LAMMPS_FILE).exists():
             log.unlink()
             lammps_note = f"# {LAMMPS_FILE}: written by mace.cli.create_lammps_model ({dtype})\n"
-        if len(members) > 1:
-            lammps_note += (f"# committee of {len(members)} models ({', '.join(members)}): this is member 0 "
-                            f"({MODEL_FILE}); pair_style mace runs one model\n")
         else:
             lammps_note = (f"# {LAMMPS_FILE} could not be written here (see {log.name}); make it with\n"
                            f"#   mace_create_lammps_model {MODEL_FILE} --dtype={dtype}\n")
+        if len(members) > 1:
+            lammps_note += (f"# committee of {len(members)} models ({', '.join(members)}): this is member 0 "
+                            f"({MODEL_FILE}); pair_style mace runs one model\n")
         (dest / "lammps.in").write_text(
             f"# LAMMPS snippet for MACE model {model_id} (needs LAMMPS built with the ML-MACE package,\n"
             "# https://mace-docs.readthedocs.io/en/latest/guide/lammps.html; not tested here: no such LAMMPS build)\n"
