@@ -270,12 +270,17 @@ def test_refit_asked_for_during_a_refit_is_merged_into_it(tmp_path):
 
 
 def test_no_walker_waits_for_another_walkers_dft_call(tmp_path):
-    """(b) walker cold is held inside its first DFT check; walker hot runs to its end meanwhile."""
-    data = _tiny("nowait", execution={"local": {"workers": 2}})
+    """(b) walker cold is held inside its first DFT check; walker hot runs to its end meanwhile. Each worker's
+    DFT jobs get half of the allocation's 8 tasks ({ntasks} of a run command)."""
+    tasks = tmp_path / "ntasks.log"
+    data = _tiny("nowait", execution={"local": {"workers": 2}},
+                 reference={"engine": "ase", "calculator": "refcalcs.TasksEMT", "kwargs": {"log": str(tasks)}})
     path = _write(tmp_path, data)
     store = str(tmp_path / "store")
     gate = tmp_path / "go"
-    proc = _popen(path, store, {"OTF_HOLD": f"check.computing@cold={gate}"})
+    tests = str(Path(__file__).parent)
+    proc = _popen(path, store, {"OTF_HOLD": f"check.computing@cold={gate}", "SLURM_NTASKS": "8", "OTF_NTASKS": "",
+                                "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])})
     st = OtfStore(store)
 
     def hot_done() -> bool:
@@ -293,6 +298,10 @@ def test_no_walker_waits_for_another_walkers_dft_call(tmp_path):
     inside = [d for d in calls if d["walker"] == "hot" and cold_first["started_at"] < d["started_at"]
               and d["created_at"] < cold_first["created_at"]]
     assert inside
+    # the initial reference MD ran in the run's process (all 8 tasks), the checks in the two workers (4 each)
+    seen = tasks.read_text().split()
+    n_initial = sum(f.source == "initial_md" for f in st.frames_of("nowait"))  # step 0 shared, labelled once
+    assert seen[:n_initial] == ["8"] * n_initial and set(seen[n_initial:]) == {"4"}
 
 
 def test_rollback_reruns_with_a_model_trained_on_the_failed_label(tmp_path):

@@ -11,6 +11,9 @@ With a :class:`ChainPool` (``execution.local.workers`` > 1), the independent cha
 each in a worker process of a ``multiprocessing`` pool that runs it with :func:`run_flow` against
 the same store. A stop request reaches the workers between two of their jobs; their progress
 events reach this process's listeners (:mod:`otf_flows.progress`); a worker dies with the run.
+Each worker's ``{ntasks}`` (the run command of CP2K or VASP) is its share of the allocation's
+tasks, ``ntasks // workers`` (``OTF_NTASKS`` in the worker), so concurrent DFT jobs do not
+oversubscribe the allocation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from jobflow import Flow, Job
 from monty.json import MontyDecoder, jsanitize
 
 from otf_flows import progress
+from otf_flows.backends.reference import allocation_tasks
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import forget_stores
 from otf_flows.store import OtfStore
@@ -121,8 +125,10 @@ class ChainPool:
         self.location, self.root_dir = location, str(root_dir)
         self._stop = ctx.Event()
         self._events = ctx.Queue()
+        self.ntasks = max(allocation_tasks() // workers, 1)  # each concurrent DFT job's share
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(self._stop, self._events, os.getpid()))
+            workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(self._stop, self._events, os.getpid(), self.ntasks))
         self._results: list[concurrent.futures.Future] = []
 
     def submit(self, chain: Flow) -> None:
@@ -174,14 +180,16 @@ class ChainPool:
 _worker: dict = {}
 
 
-def _init_worker(stop_event, events, parent_pid: int) -> None:
-    """In each worker: die with the parent, leave SIGTERM/SIGINT to it, send progress events to it."""
+def _init_worker(stop_event, events, parent_pid: int, ntasks: int) -> None:
+    """In each worker: die with the parent, leave SIGTERM/SIGINT to it, send progress events to it, and
+    fill the run commands' ``{ntasks}`` with this worker's share of the allocation."""
     try:  # Linux: SIGKILL when the parent dies (a killed `otf run` leaves no worker writing to the store)
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["OTF_NTASKS"] = str(ntasks)  # this process only: read by backends.reference.allocation_tasks
     _worker.update(stop=stop_event, events=events, parent=parent_pid, last_md={})
     progress.subscribe(_send)
 
