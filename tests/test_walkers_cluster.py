@@ -80,3 +80,80 @@ def test_walkers_are_independent_chains_under_fireworks(tmp_path, monkeypatch, l
         for child in children:
             a, b = _walker_of(fws[int(parent)]), _walker_of(fws[child])
             assert a is None or b is None or a == b, (fws[int(parent)], fws[child])
+
+
+def _run(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False, **kwargs)
+
+
+@pytest.mark.slurm
+def test_walkers_side_by_side_in_a_slurm_allocation(slurm, tmp_path):  # noqa: F811 - the imported fixture
+    log, gate = tmp_path / "srun.log", tmp_path / "go"
+    data = _tiny("wkslurm", steps=16)
+    data["reference"] = {"engine": "ase", "calculator": "refcalcs.SrunEMT", "kwargs": {"log": str(log)}}
+    data["execution"] = {"md": {"omp_threads": 1}, "fit": {"omp_threads": 1}, "local": {"workers": 2}}
+    config = tmp_path / "wkslurm.yaml"
+    config.write_text(yaml.safe_dump(data))
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OTF_NTASKS": "",
+           "OTF_HOLD": f"check.computing@cold={gate}",  # sbatch passes the environment on to the job
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env.pop("OTF_STORE", None)
+
+    def otf(*args) -> subprocess.CompletedProcess:
+        return _run([sys.executable, "-m", "otf_flows", *args], cwd=tmp_path, env=env, timeout=120)
+
+    out = otf("submit", config, "--batch", "slurm", "--time", "00:15:00", "--ntasks", "2", "--partition", "debug",
+              "--store", store, "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    st, start = None, time.monotonic()
+
+    def status() -> dict:
+        res = otf("status", "wkslurm", "--store", store, "--json")
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout)
+
+    def wait(condition, what: str) -> None:
+        while not condition():
+            rows = status()["allocations"]
+            if rows and rows[-1]["ended_at"] is not None and what != "the chain's end":
+                pytest.fail(f"the allocation ended before {what}: {rows[-1]}\n{Path(rows[-1]['log']).read_text()[-3000:]}")
+            if time.monotonic() - start > TIMEOUT_S:
+                _run(["scancel", "-n", "otf-wkslurm"], timeout=30)
+                pytest.fail(f"{what} did not happen in {TIMEOUT_S} s (waiting for a free node counts too)")
+            time.sleep(2)
+
+    def hot_done() -> bool:
+        walkers = {w["walker"]: w for w in status().get("walkers") or []}
+        return walkers.get("hot", {}).get("status") == "completed"
+
+    wait(hot_done, "walker hot's end while cold is held in its first DFT check")
+    st = OtfStore(str(store))
+    assert not [c for c in st.checks("wkslurm") if c.walker == "cold"]  # cold is still in its first check
+    gate.touch()
+
+    def chain_ended() -> bool:
+        rows = status()["allocations"]
+        return bool(rows) and rows[-1]["ended_at"] is not None and not rows[-1]["resubmit"]
+
+    wait(chain_ended, "the chain's end")
+    rows = status()["allocations"]
+    assert len(rows) == 1 and rows[0]["exit_code"] == 0 and rows[0]["reason"] == "completed", rows
+    assert rows[0]["ntasks"] == 2, rows
+    _assert_walkers_consistent(st, "wkslurm", config_from_dict(data))
+    # the DFT jobs of the two walkers overlapped: cold's first check (stored start and end) spans checks of hot
+    calls = [d for d in st.collection("ledger").query({"kind": "reference"}) if d["job"].startswith("reference check")]
+    cold_first = min((d for d in calls if d["walker"] == "cold"), key=lambda d: d["started_at"])
+    inside = [d for d in calls if d["walker"] == "hot" and cold_first["started_at"] < d["started_at"]
+              and d["created_at"] < cold_first["created_at"]]
+    assert inside, calls
+    # every DFT job ran a real `srun --exclusive -n {ntasks}` step in the allocation: the initial reference MD in
+    # the allocation's `otf run` process with all 2 tasks, the checks in the two workers with 2 // 2 = 1 each
+    lines = [line.split() for line in log.read_text().splitlines()]
+    n_initial = sum(f.source == "initial_md" for f in st.frames_of("wkslurm"))
+    n_checks = len(st.checks("wkslurm"))
+    assert len(lines) == n_initial + n_checks, lines
+    assert all(ntasks == ran for ntasks, ran, _ in lines), lines  # the step got the tasks it asked for
+    assert [ntasks for ntasks, _, _ in lines] == ["2"] * n_initial + ["1"] * n_checks, lines
+    assert len({step for _, _, step in lines}) == len(lines)  # each its own job step
+    st.close()
