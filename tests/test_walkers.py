@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, run_otf
+
 from otf_flows.campaign import config_from_dict, load_config
 from otf_flows.errors import ConfigError
 from otf_flows.store import OtfStore
@@ -64,7 +64,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def _assert_walkers_consistent(st: OtfStore, name: str, config) -> None:
+def _assert_walkers_consistent(st: OtfStore, name: str, config, shared_start: bool = True) -> None:
     """Completed; every walker at its last step; every label stored once and owned by one check or one
     initial step; one unbroken lineage; every refit answered by a model that saw its label."""
     doc = st.require_campaign(name)
@@ -83,8 +83,8 @@ def _assert_walkers_consistent(st: OtfStore, name: str, config) -> None:
     initial = [f for f in frames if f.source == "initial_md"]
     per_walker = {(f.walker, f.md_step) for f in initial}
     assert len(per_walker) == len(initial)  # one label per walker and initial step
-    # the start frame is the same structure for every walker: labelled once, shared
-    assert sum(f.md_step == 0 for f in initial) == 1
+    # the same start structure for every walker: its frame is labelled once, shared
+    assert sum(f.md_step == 0 for f in initial) == (1 if shared_start else len(configs))
     for w in configs:
         own = [c for c in checks if c.walker == w]
         assert own and max(c.step for c in own) == configs[w].md.total_steps
@@ -392,3 +392,80 @@ def test_store_takes_n_walker_processes_writing_at_once(tmp_path):
     entries = list(st.collection("ledger").query({"campaign": "c"}))
     # read-count-then-write under the lease: no two processes ever wrote the same entry
     assert len(entries) == 160 and {e["entry_id"] for e in entries} == {f"c:{n}" for n in range(160)}
+
+
+def test_sigterm_with_workers_stops_resumably_then_more_steps(tmp_path):
+    """SIGTERM (a walltime warning) reaches the workers: exit 3, "stopped"; --resume with a larger md.total_steps
+    takes every walker, finished or not, to the new end."""
+    data = _tiny("term", steps=16, execution={"local": {"workers": 2}})
+    path = _write(tmp_path, data)
+    store = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-m", "otf_flows", "run", str(path), "--store", store],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    for line in proc.stderr:  # into a pipe, `otf run` writes a line per walker event
+        if line.startswith("hot: step"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=DEADLOCK_S) == 3, rest[-3000:]
+    st = OtfStore(store)
+    assert st.require_campaign("term").status == "stopped"
+    data["md"]["total_steps"] = 24
+    _write(tmp_path, data)
+    result = run_otf("run", str(path), "--store", store, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_walkers_consistent(st, "term", config_from_dict(data))
+
+
+def test_lease_on_a_mongodb_store_is_exclusive():
+    """The refit lease through MongoDB's code path (maggma MemoryStore): one holder at a time, a stale one taken."""
+    from otf_flows.flows import lineage
+
+    st = OtfStore("memory://lease-test")
+    assert lineage.try_acquire(st, "c", holder="a")
+    doc = st.collection("locks").query_one({"lock_id": "c:refit"})
+    assert doc["holder"] == "a" and doc["pid"] == os.getpid()
+    # held by a live process of this host (a sleeping child): nobody else takes it until it is gone
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        st.collection("locks").update({**doc, "pid": child.pid}, key="lock_id")
+        assert not lineage.try_acquire(st, "c", holder="b")
+    finally:
+        child.kill()
+        child.wait()
+    assert lineage.try_acquire(st, "c", holder="b")  # its holder died: taken over
+    lineage.release(st, "c")
+    assert st.collection("locks").query_one({"lock_id": "c:refit"})["pid"] is None
+    assert lineage.claim(st, "c", "finish", "hot") and lineage.claim(st, "c", "finish", "hot")
+    assert not lineage.claim(st, "c", "finish", "cold")
+
+
+def test_maker_takes_one_walker_per_structure(tmp_path):
+    """OtfMDMaker.make([atoms, atoms]): one walker each (the YAML's walkers keep their md), run in process."""
+    from ase.build import bulk
+
+    from otf_flows import OtfMDMaker
+    from otf_flows.jobs.base import forget_stores
+    from otf_flows.managers.runner import run_flow
+
+    fcc = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((1, 1, 2))
+    rattled = fcc.copy()
+    rattled.rattle(0.05, seed=3)
+    data = _tiny("maker", steps=10)
+    path = _write(tmp_path, data)
+    maker = OtfMDMaker.from_yaml(path, store=str(tmp_path / "store"))
+    with pytest.raises(ConfigError, match="the Maker has 2 walkers and make\\(\\) got 1 structures"):
+        maker.make([fcc])
+    config = maker.campaign_config([fcc, rattled])
+    assert [(w.name, w.md, w.structure["positions"][0]) for w in config.walkers] == [
+        ("cold", {"temperature_K": 600}, [0.0, 0.0, 0.0]),
+        ("hot", {"temperature_K": 1500, "seed": 3}, list(rattled.positions[0]))]
+    flow = maker.make([fcc, rattled])
+    st = OtfStore(str(tmp_path / "store"))
+    try:
+        run_flow(flow, st.jobstore, tmp_path / "runs")
+    finally:
+        forget_stores()
+    _assert_walkers_consistent(st, "maker", config, shared_start=False)
+    unnamed = OtfMDMaker(name="x", reference_maker={"calculator": "ase.calculators.emt.EMT"}, num_initial_steps=2)
+    assert [w.name for w in unnamed.with_walkers([fcc, rattled, fcc]).walkers] == ["walker-1", "walker-2", "walker-3"]

@@ -125,7 +125,8 @@ def segment_frames(store, segments: list[Segment]) -> list[Atoms]:
     return [atoms for _, atoms in sorted(keyed, key=lambda item: item[0])]
 
 
-def trajectory_frames(store, campaign: str, include_rolled_back: bool = False, walker: str | None = None) -> list[Atoms]:
+def trajectory_frames(store, campaign: str, include_rolled_back: bool = False,
+                      walker: str | None = None) -> list[Atoms]:
     """The campaign's MD frames (reference-driven initial MD, then ML-MD) in MD-step order.
 
     Parameters

@@ -60,7 +60,8 @@ def _free(doc: dict | None, now: float) -> bool:
     return False
 
 
-def try_acquire(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S, holder: str | None = None) -> bool:
+def try_acquire(store, campaign: str, what: str = "refit", ttl_s: float = LEASE_TTL_S,
+                holder: str | None = None) -> bool:
     """Take the campaign's lease ``what`` if it is free (atomically) for ``holder`` (e.g. the walker whose
     refit it is; for the record); whether this process holds it now."""
     key = lease_id(campaign, what)

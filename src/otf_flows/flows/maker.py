@@ -175,7 +175,8 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
     def with_walkers(self, structures) -> OtfMDMaker:
         """This Maker with one walker per structure of ``structures`` (ASE ``Atoms``, pymatgen ``Structure``s or
         structure blocks): the walkers of :attr:`walkers` in order when it lists as many (their ``md`` and
-        ``tolerances`` kept), else walkers named ``walker-1``, ``walker-2``, ...; the campaign's structure is the first."""
+        ``tolerances`` kept), else walkers named ``walker-1``, ``walker-2``, ...; the campaign's structure is the
+        first."""
         if not structures:
             raise ConfigError("structure: make() got an empty list; give one structure per walker")
         blocks = [self._structure_block(s) for s in structures]

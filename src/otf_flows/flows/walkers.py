@@ -3,9 +3,9 @@
 ::
 
     initial MD (walker 1) ─┐
-    initial MD (walker 2) ─┼─ first fit (all labels) ── start walkers ─┬─ chain of walker 1: md → check → decide → ...
-    initial MD (walker 3) ─┘                                           ├─ chain of walker 2
-                                                                       └─ chain of walker 3
+    initial MD (walker 2) ─┼─ first fit (all labels) ── start walkers ─┬─ walker 1: md → check → decide → ...
+    initial MD (walker 3) ─┘                                           ├─ walker 2: ...
+                                                                       └─ walker 3: ...
 
 The chains are independent flows added by the "start walkers" job (``Response.addition``), so
 FireWorks runs them on different workers and ``otf run`` with ``execution.local.workers`` > 1 in
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from jobflow import Flow, Maker, Response, job
 
 from otf_flows.campaign import CampaignConfig
-from otf_flows.flows.lineage import current_model
+from otf_flows.flows.lineage import current_model, lease_id
 from otf_flows.jobs.base import job_settings
 from otf_flows.jobs.decide import final_jobs, iteration_flow
 from otf_flows.jobs.fit import RefitMaker
@@ -99,8 +99,15 @@ class StartWalkersMaker(Maker):
     @job
     def make(self, campaign: str, store: str, after=None):
         st, config = job_settings(self.config, campaign, store)
-        chains = [chain for name in walker_names(config) if (chain := walker_chain(config, st, store, name))]
+        for name in walker_names(config):  # a resume may give the walkers more steps (md.total_steps)
+            doc, total = st.get_walker(campaign, name), walker_config(config, name).md.total_steps
+            status = "running" if doc.step < total else "completed"
+            if (doc.status, doc.total_steps) != (status, total):
+                st.update_walker(campaign, name, status=status, total_steps=total)
         running = [w.walker for w in st.walkers(campaign) if w.status != "completed"]
+        if running:  # the last walker to finish claims the final validation anew
+            st.collection("locks").remove_docs({"lock_id": lease_id(campaign, "finish")})
+        chains = [chain for name in walker_names(config) if (chain := walker_chain(config, st, store, name))]
         output = {"walkers": walker_names(config), "running": running}
         if running:
             return Response(output=output, addition=Flow(chains, name=f"walkers of {campaign}"))

@@ -225,7 +225,8 @@ class DecideMaker(Maker):
                 rollback = guard is not None or (config.rollback_on_fail and refit and not passed)
                 target = rollback_target(st, campaign, start, config.md.guard, walker) if guard else start
                 doc = CheckDoc(
-                    check_id=check_id, campaign=campaign, walker=walker, step=state.step, interval=state.step - start.step,
+                    check_id=check_id, campaign=campaign, walker=walker, step=state.step,
+                    interval=state.step - start.step,
                     passed=passed, new_interval=new_interval, refit=refit, model_id=state.model_id,
                     frame_id=frame.frame_id, reference_seconds=check.get("reference_seconds", 0.0),
                     kind="guard" if guard else "check", guard_reason=guard,

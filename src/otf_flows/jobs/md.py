@@ -70,7 +70,8 @@ class MDSegmentMaker(Maker):
         traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
         virial = None if result.virial is None else result.virial.tolist()
         doc = state_doc(
-            campaign, result.state, model_id=model_id, walker=self.walker, ml_energy=result.energy, ml_forces=result.forces.tolist(),
+            campaign, result.state, model_id=model_id, walker=self.walker, ml_energy=result.energy,
+            ml_forces=result.forces.tolist(),
             ml_virial=virial, trajectory=traj, stopped_early=result.stopped_early, start_state_id=start_state_id,
             uncertainty_stop=result.uncertainty_stop, ml_uncertainty=result.uncertainty,
             uncertainty_threshold=None if monitor is None else monitor.threshold,

@@ -26,6 +26,7 @@ import os
 import queue
 import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from contextlib import chdir
@@ -65,7 +66,10 @@ def run_flow(flow: Flow | Job, jobstore, root_dir: Path, stop: Callable[[], str 
     n_jobs = 0
     while queue_:
         current = queue_.popleft()
-        for job, _parents in current.iterflow():
+        with warnings.catch_warnings():  # the walkers' chains (and their initial jobs) are unconnected by design
+            warnings.filterwarnings("ignore", "Some jobs are not connected", UserWarning)
+            order = list(current.iterflow())
+        for job, _parents in order:
             if stop is not None and stop():
                 return n_jobs
             stamp = datetime.now(tz=UTC).strftime("%Y-%m-%d-%H-%M-%S-%f")
