@@ -175,6 +175,15 @@ def reference_frames(data: dict, temperature_K: int, steps: int) -> list:
 
 
 # ----------------------------------------------------------------------------- one seed
+def run_workers(seed: int, steps: int, tmp: Path) -> dict:
+    """The walker campaign with ``execution.local.workers: 2`` (its wall time against the 1-worker run)."""
+    d = walkers_config(seed, steps, workers=2)
+    print(f"[{NAME}] seed {seed}: walker campaign with execution.local.workers: 2", file=sys.stderr, flush=True)
+    result, _, _ = run_campaign(d, tmp / d["name"])
+    _progress(result)
+    return result
+
+
 def run_seed(seed: int, steps: int, tmp: Path, workers_timing: bool) -> dict:
     """The walker campaign, the three separate campaigns, the final models on reference MD of every T."""
     runs, stores = {}, {}
@@ -195,10 +204,7 @@ def run_seed(seed: int, steps: int, tmp: Path, workers_timing: bool) -> dict:
             test.setdefault(key, {})[walker_name(t)] = model_on_frames(store, runs[key]["final_model"], frames)
     out = {"seed": seed, "steps": steps, "runs": runs, "test": test}
     if workers_timing:
-        d = walkers_config(seed, steps, workers=2)
-        print(f"[{NAME}] seed {seed}: walker campaign with execution.local.workers: 2", file=sys.stderr, flush=True)
-        out["workers2"], _, _ = run_campaign(d, tmp / d["name"])
-        _progress(out["workers2"])
+        out["workers2"] = run_workers(seed, steps, tmp)
     return out
 
 
@@ -375,6 +381,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help=f"MD steps per trajectory (default {STEPS}; quick: "
                    f"{QUICK_STEPS})")
     p.add_argument("--no-workers", action="store_true", help="skip the execution.local.workers: 2 timing run")
+    p.add_argument("--only-workers", action="store_true",
+                   help="only the walker campaign with execution.local.workers: 2 (first seed; --merge it with the "
+                        "run of that seed, e.g. run at the same time)")
     p.add_argument("--tag", default=None, help="write results/walkers_<tag>.*")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULT.json",
                    help="merge the per-seed results of several runs (e.g. one seed each, run at once) into one")
@@ -382,7 +391,11 @@ def main(argv=None) -> int:
     name = f"{NAME}_{args.tag}" if args.tag else NAME
     if args.merge or args.from_json:
         parts = [json.loads(Path(f).read_text()) for f in (args.merge or [args.from_json])]
-        per_seed = sorted((s for r in parts for s in r["per_seed"]), key=lambda s: s["seed"])
+        by_seed: dict[int, dict] = {}
+        for r in parts:  # a seed's campaigns and its workers-2 run may come from different files
+            for s in r["per_seed"]:
+                by_seed.setdefault(s["seed"], {}).update(s)
+        per_seed = [by_seed[k] for k in sorted(by_seed)]
         res = {**parts[0], "per_seed": per_seed, "summary": summarise(per_seed),
                "command": " + ".join(r["command"] for r in parts) if args.merge else parts[0]["command"],
                "benchmark_wall_s": max(r["benchmark_wall_s"] for r in parts)}
@@ -392,8 +405,20 @@ def main(argv=None) -> int:
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     t0 = time.perf_counter()
     with workdir(args.keep, NAME) as tmp:
-        per_seed = [run_seed(seed, steps, tmp, workers_timing=not args.no_workers and i == 0)
-                    for i, seed in enumerate(seeds)]
+        if args.only_workers:
+            res = {"benchmark": NAME, "quick": args.quick, "command": command_line(), "machine": machine(),
+                   "per_seed": [{"seed": seeds[0], "steps": steps, "workers2": run_workers(seeds[0], steps, tmp)}]}
+            res["benchmark_wall_s"] = time.perf_counter() - t0
+            stem = f"{name}_quick" if args.quick else name
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+            return 0
+        per_seed = []
+        for i, seed in enumerate(seeds):
+            per_seed.append(run_seed(seed, steps, tmp, workers_timing=not args.no_workers and i == 0))
+            partial = Path(args.out) / f"{name}.partial.json"  # what is done so far, should a later seed fail
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"per_seed": per_seed}, default=str) + "\n")
     info, wall = machine(), time.perf_counter() - t0
     res = {"benchmark": NAME, "quick": args.quick, "command": command_line(), "machine": info,
            "benchmark_wall_s": wall, "per_seed": per_seed, "summary": summarise(per_seed)}
