@@ -55,7 +55,7 @@ NAME = "walkers"
 CONFIG = HERE / "configs" / "cuau32-emt.yaml"
 TEMPERATURES_K = (1200, 1800, 2400)
 STEPS, QUICK_STEPS = 400, 40
-REFERENCE_FRAMES = 40  # reference-MD frames per temperature the final models are tested on
+REFERENCE_FRAMES = 20  # reference-MD frames per temperature the final models are tested on
 
 
 # ----------------------------------------------------------------------------- configs
@@ -136,11 +136,8 @@ def run_campaign(data: dict, store_dir: Path) -> tuple[dict, object, object]:
     return result, store, config
 
 
-def model_on_frames(store, model_id: str, frames, per_atom: bool = True) -> dict:
-    """Force RMSE (eV/Å, over components) and energy RMSE (eV/atom) of a stored model on labelled frames."""
-    from otf_flows.validation.evaluate import model_calculator
-
-    calc = model_calculator(store, model_id)
+def model_on_frames(calc, frames) -> dict:
+    """Force RMSE (eV/Å, over components) and energy RMSE (eV/atom) of a model's calculator on labelled frames."""
     df, de = [], []
     for f in frames:
         a = f.copy()
@@ -197,11 +194,14 @@ def run_seed(seed: int, steps: int, tmp: Path, workers_timing: bool) -> dict:
         runs[walker_name(t)], stores[walker_name(t)], _ = run_campaign(d, tmp / d["name"])
         _progress(runs[walker_name(t)])
     print(f"[{NAME}] seed {seed}: reference MD and final models", file=sys.stderr, flush=True)
+    from otf_flows.validation.evaluate import model_calculator
+
+    calcs = {key: model_calculator(store, runs[key]["final_model"]) for key, store in stores.items()}
     test = {}
     for t in TEMPERATURES_K:
         frames = reference_frames(data, t, steps)
-        for key, store in stores.items():
-            test.setdefault(key, {})[walker_name(t)] = model_on_frames(store, runs[key]["final_model"], frames)
+        for key in stores:
+            test.setdefault(key, {})[walker_name(t)] = model_on_frames(calcs[key], frames)
     out = {"seed": seed, "steps": steps, "runs": runs, "test": test}
     if workers_timing:
         out["workers2"] = run_workers(seed, steps, tmp)
@@ -418,7 +418,9 @@ def main(argv=None) -> int:
             per_seed.append(run_seed(seed, steps, tmp, workers_timing=not args.no_workers and i == 0))
             partial = Path(args.out) / f"{name}.partial.json"  # what is done so far, should a later seed fail
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps({"per_seed": per_seed}, default=str) + "\n")
+            partial.write_text(json.dumps({"benchmark": NAME, "quick": args.quick, "command": command_line(),
+                                           "machine": machine(), "benchmark_wall_s": time.perf_counter() - t0,
+                                           "per_seed": per_seed}, default=str) + "\n")
     info, wall = machine(), time.perf_counter() - t0
     res = {"benchmark": NAME, "quick": args.quick, "command": command_line(), "machine": info,
            "benchmark_wall_s": wall, "per_seed": per_seed, "summary": summarise(per_seed)}
