@@ -22,8 +22,8 @@ fraction outside worse than its separate campaign's by more than the seed-to-see
 larger sample standard deviation over seeds of the two); the one final model's force RMSE on each
 temperature within 1.2x that of the separate model of that temperature.
 
-    python benchmarks/walkers.py                       # 3 seeds, 400 steps per trajectory
-    python benchmarks/walkers.py --quick               # 1 seed, 40 steps
+    python benchmarks/walkers.py                       # 3 seeds, 120 steps per trajectory
+    python benchmarks/walkers.py --quick               # 1 seed, 12 steps
     python benchmarks/walkers.py --seeds 2 --steps 200 --no-workers --tag s2    # one seed (run several at once)
     python benchmarks/walkers.py --merge results/walkers_s1.json results/walkers_s2.json --tag merged
 """
@@ -43,9 +43,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, command_line, header, machine, parser, table, workdir, write_results  # noqa: E402
 from hidden_error import (  # noqa: E402
-    METRICS,
+    _set,
     frame_errors,
     outside,
+    overrides,
     reference_calculator,
     reference_md,
     tolerances_of,
@@ -54,7 +55,11 @@ from hidden_error import (  # noqa: E402
 NAME = "walkers"
 CONFIG = HERE / "configs" / "cuau32-emt.yaml"
 TEMPERATURES_K = (1200, 1800, 2400)
-STEPS, QUICK_STEPS = 400, 40
+STEPS, QUICK_STEPS = 120, 12
+#: Changes to the shipped config, the same in every campaign: the cheaper GAP preset and refits on failed
+#: checks only (the shipped `fast` preset with a refit after every check costs ~3x the time per step and
+#: ~3x the fits, too much for 3 seeds on a shared 2-core machine). `--set` adds or overrides.
+SETTINGS = {"model.preset": "default", "refit.every_new_labels": None}
 REFERENCE_FRAMES = 20  # reference-MD frames per temperature the final models are tested on
 
 
@@ -64,8 +69,10 @@ def walker_name(temperature_K: int) -> str:
 
 
 def base_config(seed: int, steps: int) -> dict:
-    """The shipped Cu-Au campaign with this seed and length, every ML-MD frame kept."""
+    """The shipped Cu-Au campaign with :data:`SETTINGS`, this seed and length, every ML-MD frame kept."""
     data = yaml.safe_load(CONFIG.read_text())
+    for key, value in SETTINGS.items():
+        _set(data, key, copy.deepcopy(value))
     data["md"]["total_steps"] = steps
     data["md"]["seed"] = seed
     data["md"]["trajectory_interval"] = 1
@@ -283,7 +290,8 @@ def markdown(res: dict, info: dict, wall: float) -> str:
                     res["command"], info, wall), ""]
     lines.append(f"Seeds {s['seeds']}, {s['steps']} MD steps per trajectory, "
                  f"[`configs/cuau32-emt.yaml`](../configs/cuau32-emt.yaml) with `md.temperature_K` "
-                 f"{' / '.join(map(str, TEMPERATURES_K))} K and every ML-MD frame kept.\n")
+                 f"{' / '.join(map(str, TEMPERATURES_K))} K, every ML-MD frame kept, and in every campaign "
+                 + ", ".join(f"`{k}: {v}`" for k, v in res.get("settings", {}).items()) + ".\n")
     d = s["dft"]
     lines.append(table(
         ["seed", "DFT calls: walker campaign", "three separate campaigns", "ratio"],
@@ -387,8 +395,11 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default=None, help="write results/walkers_<tag>.*")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULT.json",
                    help="merge the per-seed results of several runs (e.g. one seed each, run at once) into one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a campaign key in every campaign, e.g. model.preset=fast (YAML value)")
     args = p.parse_args(argv)
     name = f"{NAME}_{args.tag}" if args.tag else NAME
+    SETTINGS.update(overrides(args.overrides))
     if args.merge or args.from_json:
         parts = [json.loads(Path(f).read_text()) for f in (args.merge or [args.from_json])]
         by_seed: dict[int, dict] = {}
@@ -407,7 +418,7 @@ def main(argv=None) -> int:
     with workdir(args.keep, NAME) as tmp:
         if args.only_workers:
             res = {"benchmark": NAME, "quick": args.quick, "command": command_line(), "machine": machine(),
-                   "per_seed": [{"seed": seeds[0], "steps": steps, "workers2": run_workers(seeds[0], steps, tmp)}]}
+                   "settings": SETTINGS, "per_seed": [{"seed": seeds[0], "steps": steps, "workers2": run_workers(seeds[0], steps, tmp)}]}
             res["benchmark_wall_s"] = time.perf_counter() - t0
             stem = f"{name}_quick" if args.quick else name
             Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -420,10 +431,11 @@ def main(argv=None) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({"benchmark": NAME, "quick": args.quick, "command": command_line(),
                                            "machine": machine(), "benchmark_wall_s": time.perf_counter() - t0,
+                                           "settings": SETTINGS,
                                            "per_seed": per_seed}, default=str) + "\n")
     info, wall = machine(), time.perf_counter() - t0
     res = {"benchmark": NAME, "quick": args.quick, "command": command_line(), "machine": info,
-           "benchmark_wall_s": wall, "per_seed": per_seed, "summary": summarise(per_seed)}
+           "benchmark_wall_s": wall, "settings": SETTINGS, "per_seed": per_seed, "summary": summarise(per_seed)}
     write(res, args, name, info, wall)
     return 0
 
