@@ -81,7 +81,8 @@ def trajectory_errors(store, campaign: str, total_steps: int) -> dict:
 
 def run_one(data: dict, store_dir: Path) -> dict:
     from otf_flows.campaign import config_from_dict
-    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
+    from otf_flows.managers.local import run_campaign
     from otf_flows.store import OtfStore
 
     config = config_from_dict(data, base_dir=REPO / "configs")

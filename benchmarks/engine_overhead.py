@@ -48,7 +48,7 @@ QUICK_REFERENCE = {"cutoff_Ry": 120.0, "rel_cutoff_Ry": 30.0, "ngrids": 3, "eps_
 def engine_as_before():
     """The engine as it was before issue 14 (custodian polls every 1 s; pymatgen parses the element
     data file on every call), in this process only."""
-    from otf_flows.backends import cp2k
+    from otf_flows.reference.cp2k import engine as cp2k
 
     saved = (cp2k._POLL_SECONDS, cp2k._MONITOR_EVERY, cp2k._cached_element_data)
     cp2k._POLL_SECONDS, cp2k._MONITOR_EVERY, cp2k._cached_element_data = 1, 30, contextlib.nullcontext
@@ -156,7 +156,7 @@ def md_with_restart(engine, config, n_steps: int, tmp: Path) -> tuple[list[dict]
 
 
 def measure(config, n_steps: int, tmp: Path) -> dict:
-    from otf_flows.backends.reference import get_engine
+    from otf_flows.reference.registry import get_engine
 
     engine = get_engine(config.reference)
     engine.check_available()

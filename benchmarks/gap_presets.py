@@ -54,7 +54,7 @@ QUICK_PRESETS = ("default", "l-si", "fast")
 
 
 def descriptor(preset: str, numbers) -> str:
-    from otf_flows.backends.gap_presets import descriptor_for, fast_descriptor
+    from otf_flows.ml.gap.presets import descriptor_for, fast_descriptor
 
     if preset in VARIANTS:
         return fast_descriptor(numbers, **VARIANTS[preset])
@@ -118,7 +118,7 @@ def timings(models: list[tuple[str, object]], big, reps: int) -> dict[str, dict]
 
 
 def fit_and_test(preset, train, tests: dict, refit, tmp: Path, tag: str):
-    from otf_flows.backends.gap import fit_gap, gap_calculator
+    from otf_flows.ml.gap.fit import fit_gap, gap_calculator
 
     numbers = sorted({int(z) for f in train for z in f.numbers})
     desc = descriptor(preset, numbers)
@@ -150,8 +150,8 @@ def dft_set(name: str, frames, n_train: int, presets, tmp: Path, reps: int, log)
 
 def loo_set(name: str, frames, presets, tmp: Path, reps: int, log) -> dict:
     """Leave-one-out over a few labelled frames: each frame predicted by a model fitted on the others."""
-    from otf_flows.backends.gap import fit_gap, gap_calculator
     from otf_flows.campaign import Refit
+    from otf_flows.ml.gap.fit import fit_gap, gap_calculator
 
     refit = Refit(default_sigma=DFT_SIGMA, extra_gap_opts="sparse_jitter=1.0e-8")
     numbers = sorted({int(z) for f in frames for z in f.numbers})

@@ -70,7 +70,7 @@ SHORT = {"fixed": "fix", "adaptive": "ada", "adaptive+uncertainty": "unc"}
 # ----------------------------------------------------------------------------- configs
 def reference_calculator(config):
     """A fresh instance of the campaign's reference (an ASE calculator)."""
-    from otf_flows.backends.reference import AseEngine
+    from otf_flows.reference.ase import AseEngine
 
     if config.reference.engine != "ase":
         raise SystemExit("hidden_error.py needs a cheap ASE reference (engine: ase)")
@@ -189,7 +189,8 @@ def outside(err: dict[str, np.ndarray], tol: dict[str, float]) -> dict:
 def run_one(data: dict, store_dir: Path) -> tuple[dict, dict]:
     """Run one campaign; return its result and what later analyses need (store, frames, errors)."""
     from otf_flows.campaign import config_from_dict
-    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
+    from otf_flows.managers.local import run_campaign
     from otf_flows.store import OtfStore
     from otf_flows.trajectory import campaign_segments
 
@@ -431,7 +432,7 @@ def error_floor(config, train_frames, test_frames, tol: dict, workdir_: Path) ->
     """A GAP (same descriptor and sigma) trained on reference frames spread over one reference
     trajectory, tested on another seed's: the error level this kind of model reaches."""
 
-    from otf_flows.backends.gap import descriptor_for, fit_gap, gap_calculator
+    from otf_flows.ml.gap.fit import descriptor_for, fit_gap, gap_calculator
 
     def labelled(frames):
         out = []

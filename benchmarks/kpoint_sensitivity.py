@@ -37,8 +37,8 @@ def relabel(frames, kpoints, labels: Path, n: int, tmp: Path) -> list:
     import yaml
     from ase.io import read, write
 
-    from otf_flows.backends.reference import get_engine
     from otf_flows.campaign import config_from_dict
+    from otf_flows.reference.registry import get_engine
 
     data = yaml.safe_load(CONFIG.read_text())
     data["reference"]["kpoints"] = list(kpoints)
@@ -66,8 +66,9 @@ def relabel(frames, kpoints, labels: Path, n: int, tmp: Path) -> list:
 
 def loo(frames, tmp: Path, tag: str) -> list[float]:
     """Leave-one-out force RMSE (eV/Å) of the l-Si GAP (the main job's refit settings, no virials)."""
-    from otf_flows.backends.gap import PRESETS, fit_gap, gap_calculator
     from otf_flows.campaign import Refit
+    from otf_flows.ml.gap.fit import fit_gap, gap_calculator
+    from otf_flows.ml.gap.presets import PRESETS
 
     refit = Refit(default_sigma="0.002 0.1 0.1 0.0", extra_gap_opts="sparse_jitter=1.0e-8")
     errors = []

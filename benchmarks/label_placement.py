@@ -72,7 +72,7 @@ def training_sets(labels, trajectory, cut: int) -> dict[str, list]:
 def analyse(store, name: str, config, cuts, window: int, tmp: Path, log) -> list[dict]:
     from ase.calculators.emt import EMT
 
-    from otf_flows.backends.gap import descriptor_for, fit_gap, gap_calculator
+    from otf_flows.ml.gap.fit import descriptor_for, fit_gap, gap_calculator
 
     tol = he.tolerances_of(config)
     labels = sorted(store.training_frames(name), key=lambda f: f.md_step)

@@ -78,8 +78,9 @@ def reference_calculator(element: str):
 def fit_model(system: dict, root: Path):
     from ase.build import bulk
 
-    from otf_flows.backends.gap import PRESETS, fit_gap
     from otf_flows.campaign import Refit
+    from otf_flows.ml.gap.fit import fit_gap
+    from otf_flows.ml.gap.presets import PRESETS
 
     atoms = bulk(system["element"], system["crystal"], a=system["a"], cubic=True).repeat(system["repeat"])
     atoms.rattle(0.05, seed=3)
@@ -103,10 +104,10 @@ def measure(system: dict, root: Path) -> dict:
     from ase.calculators.calculator import all_changes
 
     from otf_flows import progress
-    from otf_flows.backends.gap import gap_calculator
     from otf_flows.faults import failpoint
     from otf_flows.md.guard import make_guard
     from otf_flows.md.segment import initial_state, run_segment
+    from otf_flows.ml.gap.fit import gap_calculator
 
     atoms, xml, fit_s = fit_model(system, root)
     t = time.perf_counter()

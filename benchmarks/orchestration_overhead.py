@@ -94,7 +94,8 @@ def scenarios(quick: bool) -> dict[str, dict]:
 
 def run_one(data: dict, store_dir: Path) -> dict:
     from otf_flows.campaign import config_from_dict
-    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
+    from otf_flows.managers.local import run_campaign
     from otf_flows.store import OtfStore
 
     config = config_from_dict(data, base_dir=REPO / "configs")
@@ -198,7 +199,8 @@ def _orchestration_of(job: dict, cpu: bool) -> float:
 
 def run_scaling_one(data: dict, store_dir: Path) -> dict:
     from otf_flows.campaign import config_from_dict
-    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
+    from otf_flows.managers.local import run_campaign
     from otf_flows.store import OtfStore
 
     config = config_from_dict(data, base_dir=REPO / "configs")

@@ -118,8 +118,8 @@ def engine_calculator(engine, workdir: Path):
 
 def aimd_through_engine(config, n_steps: int, workdir: Path) -> dict:
     """``n_steps`` of MD driven by the campaign's reference engine; the cost of each DFT call."""
-    from otf_flows.backends.reference import get_engine
     from otf_flows.md.segment import initial_state, run_segment
+    from otf_flows.reference.registry import get_engine
     from otf_flows.structures import build_structure
 
     engine = get_engine(config.reference)
@@ -199,7 +199,7 @@ def native_md_input(single_point_input: str, md, n_steps: int) -> str:
 
 def aimd_native(config, template_dir: Path, n_steps: int, workdir: Path) -> dict:
     """CP2K's own MD for ``n_steps`` with the engine's input; per-step times from CP2K's MD log."""
-    from otf_flows.backends.cp2k_env import find_cp2k
+    from otf_flows.reference.cp2k.env import find_cp2k
 
     workdir.mkdir(parents=True, exist_ok=True)
     template_dir = Path(template_dir)
@@ -250,7 +250,8 @@ def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_fil
     (the running DFT call finishes) and is resumed by the next call. ``chunks_file`` keeps the timer's
     split of every part, so the results cover the whole campaign however many parts it ran in.
     """
-    from otf_flows.managers.local import prepare_campaign, run_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
+    from otf_flows.managers.local import run_campaign
     from otf_flows.managers.stopping import GracefulStop
     from otf_flows.store import OtfStore
     from otf_flows.trajectory import campaign_segments

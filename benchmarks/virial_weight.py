@@ -45,7 +45,7 @@ def labelled(frames, virials: bool):
 
 
 def evaluate(xml: Path, frames, ref_calc, tol) -> dict:
-    from otf_flows.backends.gap import gap_calculator
+    from otf_flows.ml.gap.fit import gap_calculator
 
     err = he.model_errors(gap_calculator(xml), frames, ref_calc)
     out = he.outside(err, tol)
@@ -57,8 +57,8 @@ def evaluate(xml: Path, frames, ref_calc, tol) -> dict:
 def main(argv=None) -> int:
     from ase.calculators.emt import EMT
 
-    from otf_flows.backends.gap import descriptor_for, fit_gap
     from otf_flows.campaign import config_from_dict
+    from otf_flows.ml.gap.fit import descriptor_for, fit_gap
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1200)

@@ -32,7 +32,7 @@ class TasksEMT(EMT):
         self.log = log
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
-        from otf_flows.backends.reference import run_command
+        from otf_flows.reference.base import run_command
 
         super().calculate(atoms, properties, system_changes)
         with open(self.log, "a") as fh:

@@ -38,7 +38,6 @@ def _campaign_data(cu_config, train_on: str) -> dict:
 def campaigns(tmp_path_factory):
     """One short EMT campaign per ``refit.train_on`` value, run once for the module."""
     import yaml
-
     from conftest import CONFIGS
 
     cu_config = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
@@ -152,7 +151,7 @@ def test_most_uncertain_frame_is_returned_with_the_model_labels(cu_config):
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from otf_flows.backends.reference import virial_from_stress
+    from otf_flows.labels import virial_from_stress
 
     md = config_from_dict(_short(cu_config)).md
     state = initial_state(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), md)
@@ -205,14 +204,14 @@ def test_checks_label_the_most_uncertain_frame_in_a_campaign(tmp_path, cu_config
 
 def test_gap_uncertainty_probe_matches_a_direct_variance_call(campaigns):
     """The armed MD force call gives the same variance as a separate call, at no extra model call."""
-    from otf_flows.backends.gap import GapUncertainty
+    from otf_flows.ml.gap.fit import GapUncertainty
     from otf_flows.validation.evaluate import model_calculator
 
     st, _, data = campaigns["all"]
     pot = model_calculator(st, "acc-v1")
     probe = GapUncertainty(pot)
     md = config_from_dict(data).md
-    from otf_flows.jobs.reference import state_from_doc
+    from otf_flows.md.state import state_from_doc
 
     start = state_from_doc(st.get_state("acc:state:5:initial"))
 

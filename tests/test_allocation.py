@@ -20,14 +20,16 @@ import pytest
 import yaml
 from conftest import REPO, run_otf
 
-from otf_flows.backends.reference import RUN_KEYS, run_command, settings_hash
 from otf_flows.campaign import config_from_dict
 from otf_flows.errors import ConfigError, InputError
+from otf_flows.flows.lifecycle import resume_changes
 from otf_flows.jobs.reference import _label_hashes, reference_identity
+from otf_flows.labels import settings_hash
 from otf_flows.managers import allocation
 from otf_flows.managers.allocation import BatchSettings, decide, render_script, walltime_seconds
-from otf_flows.managers.local import resume_changes
 from otf_flows.managers.stopping import EXIT_STOPPED
+from otf_flows.reference.base import run_command
+from otf_flows.reference.settings import RUN_KEYS
 from otf_flows.store import OtfStore
 
 CP2K_CAMPAIGN = {
@@ -143,7 +145,7 @@ def test_resubmit_rules(exit_code, signal, status, index, resubmit, reason):
 
 
 def test_chain_records(cu_config):
-    from otf_flows.managers.local import prepare_campaign
+    from otf_flows.flows.lifecycle import prepare_campaign
 
     st = OtfStore(f"memory://{uuid.uuid4().hex}")
     prepare_campaign(config_from_dict(cu_config), st)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.emt import EMT
-
 from conftest import CONFIGS, run_otf
+
 from otf_flows.campaign import load_config
 from otf_flows.schedule import next_interval
 from otf_flows.store import OtfStore

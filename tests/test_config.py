@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_otf
+
 from otf_flows.campaign import AseReference, config_from_dict, load_config
 from otf_flows.errors import ConfigError
 
@@ -133,7 +133,7 @@ def test_unknown_calculator_module(cu_config, write_config, tmp_path):
 
 def test_stored_config_with_e0_validates_again(cu_config):
     """With refit.e0 the unused e0_method is left out of the dump, so the stored config (and --resume) loads."""
-    from otf_flows.managers.local import stored_config
+    from otf_flows.flows.lifecycle import stored_config
 
     cu_config["refit"] = {**cu_config.get("refit", {}), "e0": {"Cu": -0.25}}
     cu_config["refit"].pop("e0_method", None)

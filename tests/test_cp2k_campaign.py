@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from ase import Atoms, units
-
 from conftest import run_otf
 from test_cp2k_engine import CP2K, run_direct
 

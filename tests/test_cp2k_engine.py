@@ -22,7 +22,9 @@ import pytest
 from ase import Atoms, units
 from ase.build import bulk
 
-from otf_flows.backends.cp2k import (
+from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
+from otf_flows.labels import Labels
+from otf_flows.reference.cp2k.engine import (
     RESTART_MAX_DISPLACEMENT_A,
     Cp2kEngine,
     _cached_element_data,
@@ -31,15 +33,14 @@ from otf_flows.backends.cp2k import (
     resolve_basis_and_potential,
     reusable_wavefunction,
 )
-from otf_flows.backends.cp2k_env import (
+from otf_flows.reference.cp2k.env import (
     cp2k_environment,
     ensure_pmg_cp2k_data,
     find_cp2k,
     find_cp2k_data,
 )
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.reference import Labels, get_engine
-from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
+from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.registry import get_engine
 
 CP2K = shutil.which("cp2k.psmp") or shutil.which("cp2k")
 DATA = Path(__file__).parent / "data" / "cp2k"

@@ -10,11 +10,11 @@ import pytest
 from ase.build import bulk
 from conftest import run_otf
 
-from otf_flows.backends import cp2k as cp2k_module
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.reference import get_engine
 from otf_flows.campaign import config_from_dict
 from otf_flows.dirs import cache_dir, scratch_dir
+from otf_flows.reference.cp2k import engine as cp2k_module
+from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.registry import get_engine
 from otf_flows.store import OtfStore
 
 

@@ -11,14 +11,14 @@ import uuid
 
 import pytest
 import yaml
+from conftest import run_otf
 from fireworks import Firework, FWorker, LaunchPad
 from fireworks.core.rocket_launcher import launch_rocket
 from jobflow import Flow, job
 
-from conftest import run_otf
 from otf_flows.campaign import CampaignConfig, config_from_dict
 from otf_flows.errors import InputError
-from otf_flows.flows.campaign import campaign_flow
+from otf_flows.flows.graph import campaign_flow
 from otf_flows.managers.fireworks import (
     OtfJobStore,
     campaign_workflow,

@@ -7,8 +7,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from otf_flows.backends.gap import (
-    PRESETS,
+from otf_flows.campaign import Refit
+from otf_flows.errors import FitFailedError
+from otf_flows.ml.gap.fit import (
     fit_gap,
     format_e0,
     gap_calculator,
@@ -17,8 +18,7 @@ from otf_flows.backends.gap import (
     unpack_model,
     with_option,
 )
-from otf_flows.campaign import Refit
-from otf_flows.errors import FitFailedError
+from otf_flows.ml.gap.presets import PRESETS
 
 
 def test_command_line_is_built_from_settings():

@@ -9,9 +9,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from otf_flows.backends.gap import PRESETS, fit_gap, gap_calculator, gap_fit_command, split_opts
-from otf_flows.backends.gap_presets import FAST_SETTINGS, descriptor_for, fast_descriptor, preset_names
 from otf_flows.campaign import Refit
+from otf_flows.ml.gap.fit import fit_gap, gap_calculator, gap_fit_command, split_opts
+from otf_flows.ml.gap.presets import FAST_SETTINGS, PRESETS, descriptor_for, fast_descriptor, preset_names
 
 
 def _terms(desc: str) -> list[str]:

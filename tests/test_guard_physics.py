@@ -21,13 +21,13 @@ from ase.io import read
 from ase.neighborlist import neighbor_list
 from conftest import CONFIGS, run_otf
 
-from otf_flows.backends.reference import AseEngine
 from otf_flows.campaign import GuardSettings, config_from_dict, load_config
 from otf_flows.checks import passes
 from otf_flows.errors import ConfigError, FitFailedError, OtfError
 from otf_flows.jobs.base import forget_stores
 from otf_flows.jobs.decide import rollback_target
 from otf_flows.md.guard import ShortDistances, distance_limits, make_guard
+from otf_flows.reference.ase import AseEngine
 from otf_flows.schemas.documents import CheckDoc
 from otf_flows.store import OtfStore
 
@@ -313,8 +313,9 @@ def test_ase_reference_without_stress_labels_without_virial(tmp_path):
 
 @pytest.mark.parametrize("ensemble", ["npt_berendsen", "nvt_langevin", "nve"])
 def test_initial_md_labels_each_step_once(tmp_path, cu_config, ensemble):
+    from otf_flows.flows.lifecycle import prepare_campaign
     from otf_flows.jobs.reference import InitialMDMaker
-    from otf_flows.managers.local import prepare_campaign, run_flow
+    from otf_flows.managers.local import run_flow
 
     n = 6
     data = copy.deepcopy(cu_config)

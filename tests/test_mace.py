@@ -19,10 +19,10 @@ from ase.calculators.emt import EMT
 from ase.io import write
 from conftest import run_otf
 
-from otf_flows.backends.ml import get_backend
-from otf_flows.backends.ml_settings import MaceModel
 from otf_flows.campaign import Refit, config_from_dict
 from otf_flows.errors import ConfigError
+from otf_flows.ml.mace.settings import MaceModel
+from otf_flows.ml.registry import get_backend
 from otf_flows.store import OtfStore
 
 pytest.importorskip("mace", reason="mace-torch is not installed (scripts/setup.sh --test installs it)")
@@ -228,8 +228,8 @@ def test_committee_probe(campaign, tmp_path):
     with the structure, by uncertainty.measure), MD driven by member 0."""
     from mace.calculators import MACECalculator
 
-    from otf_flows.backends.mace import MaceCommitteeUncertainty, member_files
     from otf_flows.campaign import UncertaintySettings
+    from otf_flows.ml.mace.backend import MaceCommitteeUncertainty, member_files
 
     store, _ = campaign
     st = OtfStore(str(store))

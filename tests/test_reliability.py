@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
 from conftest import run_otf
+
 from otf_flows.campaign import config_from_dict
 from otf_flows.schedule import next_interval
 from otf_flows.store import OtfStore

@@ -11,7 +11,7 @@ from conftest import run_otf, store_snapshot
 
 from otf_flows.campaign import config_from_dict
 from otf_flows.errors import InputError
-from otf_flows.managers.local import prepare_campaign, resume_changes, stored_config
+from otf_flows.flows.lifecycle import prepare_campaign, resume_changes, stored_config
 from otf_flows.schemas.documents import CampaignDoc
 from otf_flows.store import OtfStore
 

@@ -13,8 +13,8 @@ import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read, write
-
 from conftest import CONFIGS, REPO
+
 from otf_flows.cli import main
 
 BASE = (CONFIGS / "cu-emt.yaml").read_text().replace("total_steps: 2000", "total_steps: 20")  # short if it ran
@@ -128,8 +128,8 @@ def test_fit_config_with_a_duplicate_key_is_an_input_error(tmp_path, capsys):
 def test_boundary_values_still_validate():
     """The new limits reject only what they name: 20 fs, 2**63 - 1, booleans where booleans belong,
     a big float where floats belong, and YAML merge keys (not duplicates) still load."""
-    from otf_flows._config_base import load_yaml
     from otf_flows.campaign import config_from_dict
+    from otf_flows.yaml_config import load_yaml
 
     data = load_yaml(BASE)
     data["md"]["timestep_fs"] = 20
@@ -163,13 +163,13 @@ def _labelled(atoms, seed):
 def campaign_model(tmp_path):
     """A real (tiny) Cu-Au GAP of campaign 'exp' whose first 50 training frames are Cu only, and the
     campaign's final state."""
-    from otf_flows.backends.gap import fit_gap
     from otf_flows.campaign import Refit
     from otf_flows.data import frames_from_xyz
     from otf_flows.frames import frame_to_atoms
     from otf_flows.jobs.fit import register_fit
-    from otf_flows.jobs.reference import state_doc
     from otf_flows.md.segment import MDState
+    from otf_flows.md.state import state_doc
+    from otf_flows.ml.gap.fit import fit_gap
     from otf_flows.schemas.documents import CampaignDoc
     from otf_flows.store import OtfStore
 
@@ -220,7 +220,7 @@ def test_export_model_reads_elements_from_the_model_and_writes_the_final_state(c
 
 
 def test_gap_species_reads_every_descriptor_form(tmp_path):
-    from otf_flows.backends.gap_backend import gap_species
+    from otf_flows.ml.gap.backend import gap_species
 
     xml = tmp_path / "gap.xml"
     xml.write_text(

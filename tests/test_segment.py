@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from otf_flows.backends.gap import PRESETS, fit_gap, gap_calculator
 from otf_flows.campaign import MDSettings, Refit
 from otf_flows.frames import frame_to_atoms  # noqa: F401 - import check of the public helpers
 from otf_flows.md.segment import MDState, initial_state, run_segment
+from otf_flows.ml.gap.fit import fit_gap, gap_calculator
+from otf_flows.ml.gap.presets import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def _counting(calc):
 
 @pytest.mark.parametrize("ensemble", ["nvt_langevin", "npt_berendsen"])
 def test_one_model_call_per_step_and_the_virial_only_where_used(fixed_model, ensemble):
-    from otf_flows.backends.reference import virial_from_stress
+    from otf_flows.labels import virial_from_stress
 
     md = MDSettings(ensemble=ensemble, temperature_K=900, timestep_fs=2.0, total_steps=10, seed=11)
     calc = gap_calculator(fixed_model)
@@ -121,8 +122,8 @@ def test_one_model_call_per_step_and_the_virial_only_where_used(fixed_model, ens
 
 
 def test_variance_only_at_the_probed_frames_and_the_last(fixed_model):
-    from otf_flows.backends.gap import GapUncertainty
     from otf_flows.md.segment import UncertaintyMonitor
+    from otf_flows.ml.gap.fit import GapUncertainty
 
     md = MDSettings(ensemble="nvt_langevin", temperature_K=900, timestep_fs=2.0, total_steps=10, seed=11)
     calc = gap_calculator(fixed_model)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, REPO
+
 from otf_flows.store import OtfStore
 
 pytestmark = pytest.mark.slurm

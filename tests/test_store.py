@@ -13,8 +13,8 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import write
-
 from conftest import run_otf
+
 from otf_flows.campaign import config_from_dict
 from otf_flows.data import frames_from_xyz
 from otf_flows.errors import StoreError
@@ -171,8 +171,7 @@ def test_campaign_model_archive_on_the_mongo_path(cu_config, tmp_path):
     for key in keys:
         assert hashlib.sha256(OtfStore(st.location).get_blob(key)).hexdigest() == key
     # the archive unpacks into the model's files (the path MD segments take on a MongoDB store)
-    from otf_flows.backends.ml import get_backend
-    from otf_flows.jobs.base import model_dir
+    from otf_flows.ml.registry import get_backend, model_dir
 
     last = models[-1]
     dest = model_dir(OtfStore(st.location), last.model_id, cache=tmp_path / "cache")

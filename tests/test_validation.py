@@ -9,9 +9,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from otf_flows.backends.reference import Labels, virial_from_stress
 from otf_flows.errors import InputError, NotFoundError
 from otf_flows.frames import frame_from_labels
+from otf_flows.labels import Labels, virial_from_stress
 from otf_flows.schemas.documents import ModelDoc
 from otf_flows.store import OtfStore
 from otf_flows.validation import (

@@ -15,10 +15,10 @@ from ase.build import bulk
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.vasp.inputs import Incar, Kpoints, Poscar
 
-from otf_flows.backends.reference import get_engine
-from otf_flows.backends.vasp import VaspEngine, grouped_order, labels_from_task_doc, write_vasp_inputs
-from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import BackendUnavailableError
+from otf_flows.reference.registry import get_engine
+from otf_flows.reference.vasp.engine import VaspEngine, grouped_order, labels_from_task_doc, write_vasp_inputs
+from otf_flows.reference.vasp.settings import VaspReference
 
 DATA = Path(__file__).parent / "data" / "vasp"
 

@@ -13,6 +13,7 @@ Tiny EMT Cu campaigns (8 atoms, 20-40 steps per walker, the cheapest GAP). The r
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -151,10 +152,10 @@ def test_bad_walker_through_the_cli_exits_2_and_writes_nothing(tmp_path):
     store = tmp_path / "store"
     result = run_otf("run", str(path), "--store", str(store))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert result.stderr.strip().splitlines() == [(
         "otf: error: walkers: walker 'hot': md.ensembel: unknown key; allowed keys here: ensemble, temperature_K, "
         "init_temperature_K, timestep_fs, total_steps, friction_per_fs, pressure_GPa, taut_fs, taup_fs, "
-        "compressibility_per_GPa, seed, trajectory_interval, guard"]
+        "compressibility_per_GPa, seed, trajectory_interval, guard")]
     assert not store.exists() or not OtfStore(str(store)).campaigns()
 
 
@@ -186,7 +187,7 @@ def test_two_walkers_share_one_training_set_and_one_lineage(tmp_path):
     # each walker has its own schedule: its checks' intervals follow its own previous check
     for w in ("cold", "hot"):
         own = sorted((c for c in checks if c.walker == w), key=lambda c: c.step)
-        for before, after in zip(own, own[1:]):
+        for before, after in itertools.pairwise(own):
             assert after.interval == min(before.new_interval, data["md"]["total_steps"] - before.step)
     # the log has one line per walker event, named by its walker
     assert "cold: step" in result.stderr and "hot: step" in result.stderr
@@ -266,7 +267,7 @@ def test_refit_asked_for_during_a_refit_is_merged_into_it(tmp_path):
     assert st.get_check(merged_check).new_model_id == cold_model.model_id
     # no two fits overlapped in time (the ledger's start and end of every fit)
     fits = sorted((d["started_at"], d["created_at"]) for d in st.collection("ledger").query({"kind": "fit"}))
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(fits, fits[1:]))
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(fits))
 
 
 def test_no_walker_waits_for_another_walkers_dft_call(tmp_path):

@@ -98,8 +98,8 @@ def main(argv=None) -> int:
     import yaml
     from ase.io import read, write
 
-    from otf_flows.backends.reference import get_engine
     from otf_flows.campaign import config_from_dict
+    from otf_flows.reference.registry import get_engine
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=16)

@@ -6,14 +6,6 @@ ML-driven MD, DFT checks at adaptive intervals, refits when tolerances are misse
 
 __version__ = "0.1.0"
 
+from otf_flows.flows.maker import OtfMDMaker  # noqa: E402 - after __version__, which modules may read
+
 __all__ = ["OtfMDMaker", "__version__"]
-
-
-def __getattr__(name: str):
-    """``from otf_flows import OtfMDMaker`` without importing jobflow and atomate2 on ``import otf_flows``
-    (the CLI starts faster)."""
-    if name == "OtfMDMaker":
-        from otf_flows.flows.maker import OtfMDMaker
-
-        return OtfMDMaker
-    raise AttributeError(f"module 'otf_flows' has no attribute {name!r}")

@@ -8,27 +8,46 @@ written like Listing 1 of the paper loads once ``name``, ``structure``, ``md`` a
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
+from ase.data import atomic_numbers
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from otf_flows._config_base import Strict as _Strict
-from otf_flows._config_base import load_yaml
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.ml_settings import GapModel, MaceModel
-from otf_flows.backends.vasp_settings import VaspReference
 from otf_flows.errors import ConfigError
+from otf_flows.ml import registry as ml_registry
+from otf_flows.ml.registry import GapModel, MaceModel, ModelSettings
+from otf_flows.reference import registry as reference_registry
+from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.registry import ReferenceSettings
+from otf_flows.reference.settings import AseReference
+from otf_flows.reference.vasp.settings import VaspReference
 from otf_flows.walkers import WalkerGrid, WalkerSpec, check_names, resolve_structure_files, walker_data
 from otf_flows.walkers import expand as expand_walkers
+from otf_flows.yaml_config import INTERNAL_LOC, absolute_path, error_line, load_yaml
+from otf_flows.yaml_config import Strict as _Strict
 
-__all__ = ["CampaignConfig", "load_config", "config_from_dict", "json_schema"]
+__all__ = ["AseReference", "CampaignConfig", "Cp2kReference", "GapModel", "MaceModel", "ModelSettings",
+           "ReferenceSettings", "VaspReference", "config_from_dict", "json_schema", "load_config", "pair_numbers",
+           "store_reference"]
+
+STORE_PREFIXES = ("campaign", "model")
+"""Prefixes of ``refit.previous_data`` entries that name stored data instead of a file."""
 
 
+def store_reference(item: str) -> tuple[str, str] | None:
+    """``(kind, name)`` of a ``refit.previous_data`` entry naming stored data (``campaign:NAME``,
+    ``model:ID``); None for a file.
+
+    Examples
+    --------
+    >>> store_reference("campaign:cu-emt"), store_reference("data/train.xyz")
+    (('campaign', 'cu-emt'), None)
+    """
+    kind, colon, name = item.partition(":")
+    return (kind, name) if colon and kind in STORE_PREFIXES else None
 
 
 class AdaptiveMethodParameters(_Strict):
@@ -198,6 +217,20 @@ class StructureAtoms(_Strict):
         return self
 
 
+def pair_numbers(key: str) -> tuple[int, int]:
+    """Atomic numbers (sorted) of a pair key such as ``'O-H'``; ValueError with a one-line reason."""
+    parts = key.split("-")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"key {key!r} is not a pair 'A-B' of chemical symbols such as 'O-H'")
+    numbers = []
+    for symbol in (p.strip() for p in parts):
+        z = atomic_numbers.get(symbol)
+        if not z:  # 'X' (0) is ASE's dummy atom, not an element
+            raise ValueError(f"key {key!r}: {symbol!r} is not a chemical symbol")
+        numbers.append(z)
+    return tuple(sorted(numbers))
+
+
 class GuardSettings(_Strict):
     """Blow-up guard of ML-MD segments; a tripped guard stops the segment, the stopped frame is
     DFT-checked and trained on, and the campaign rolls back to the segment's start.
@@ -249,7 +282,6 @@ class GuardSettings(_Strict):
     @field_validator("min_distance_pairs")
     @classmethod
     def _pairs(cls, v: dict[str, float]) -> dict[str, float]:
-        from otf_flows.md.guard import pair_numbers  # numpy/ASE only when pairs are given
 
         seen: dict[tuple[int, int], str] = {}
         for key in v:
@@ -295,51 +327,6 @@ class MDSettings(_Strict):
     trajectory_interval: int = Field(10, ge=0, description="Write a trajectory frame every this many steps (0: none).")
     guard: GuardSettings = Field(default_factory=GuardSettings, description="Blow-up guard of ML-MD segments.")
 
-
-class AseReference(_Strict):
-    """Reference engine: any ASE calculator, named by import path."""
-
-    engine: Literal["ase"] = "ase"
-    calculator: str = Field(description="Import path of an ASE calculator class, e.g. ase.calculators.emt.EMT.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the calculator.")
-    retries: int = Field(1, ge=0, description="Extra attempts after a failed reference calculation.")
-
-    @field_validator("calculator")
-    @classmethod
-    def _dotted(cls, v: str) -> str:
-        if "." not in v or v.startswith(".") or v.endswith("."):
-            raise ValueError("must be a dotted import path such as ase.calculators.emt.EMT")
-        return v
-
-    @field_validator("calculator")
-    @classmethod
-    def _importable(cls, v: str) -> str:
-        """The path must name a class or callable; a module that fails to import because a dependency is
-        missing is left to the engine's check (backend unavailable, with an install hint)."""
-        module_name, _, attr = v.rpartition(".")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-                hint = "" if importlib.util.find_spec(module_name.split(".")[0]) else \
-                    " (a typo, or install the package that provides it)"
-                raise ValueError(f"no module named {err.name!r}{hint}; give the import path of an ASE calculator "
-                                 "class such as ase.calculators.emt.EMT") from None
-            return v
-        except Exception:  # noqa: BLE001 - the module exists but does not import here: checked at run time
-            return v
-        if not hasattr(module, attr):
-            raise ValueError(f"module {module_name!r} has no {attr!r}")
-        if not callable(getattr(module, attr)):
-            raise ValueError(f"{attr!r} in module {module_name!r} is not a class or callable")
-        return v
-
-
-ReferenceSettings = Annotated[Union[AseReference, Cp2kReference, VaspReference], Field(discriminator="engine")]
-
-
-ModelSettings = Annotated[Union[GapModel, MaceModel], Field(discriminator="backend")]
-"""The ``model`` block: one schema per ML backend (:mod:`otf_flows.backends.ml_settings`)."""
 
 GAP_ONLY_REFIT_KEYS = ("default_sigma", "descriptor_str", "extra_gap_opts", "e0", "e0_method")
 """Keys of the ``refit`` block only the GAP backend reads."""
@@ -530,17 +517,17 @@ class CampaignConfig(_Strict):
     def _model(cls, v: Any):
         if not isinstance(v, dict):
             return v
-        if v.get("backend", "gap") not in ("gap", "mace"):
-            raise ValueError(f"backend {v.get('backend')!r} is not one of gap, mace")
+        if v.get("backend", "gap") not in ml_registry.BACKENDS:
+            raise ValueError(f"backend {v.get('backend')!r} is not one of {ml_registry.names()}")
         return {"backend": "gap", **v}
 
     @field_validator("reference", mode="before")
     @classmethod
     def _reference(cls, v: Any):
         if not isinstance(v, dict):
-            raise ValueError("must be a mapping with an 'engine' key (ase, cp2k or vasp)")
-        if v.get("engine", "ase") not in ("ase", "cp2k", "vasp"):
-            raise ValueError(f"engine {v.get('engine')!r} is not one of ase, cp2k, vasp")
+            raise ValueError(f"must be a mapping with an 'engine' key ({reference_registry.names()})")
+        if v.get("engine", "ase") not in reference_registry.ENGINES:
+            raise ValueError(f"engine {v.get('engine')!r} is not one of {reference_registry.names()}")
         return {"engine": "ase", **v}
 
     @model_validator(mode="after")
@@ -574,10 +561,9 @@ def _format_error(err: ValidationError, data: Any) -> str:
     e = err.errors()[0]
     if e["loc"][:1] == ("walkers",):
         return _walkers_error(err, data)
-    loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "tagged-union", "Ase", "Cp2k", "Vasp", "StructureFile", "StructureBuilder", "StructureAtoms"))]
-    if loc[:1] == ["reference"] and loc[1:2] in (["ase"], ["cp2k"], ["vasp"]):  # the tagged union's tag
-        del loc[1]
-    if loc[:1] == ["model"] and loc[1:2] in (["gap"], ["mace"]):
+    tags = {"reference": reference_registry.ENGINES, "model": ml_registry.BACKENDS}  # the tagged unions' tags
+    loc = [str(x) for x in e["loc"] if not str(x).startswith(INTERNAL_LOC)]
+    if loc[1:2] and loc[1] in tags.get(loc[0], ()):
         del loc[1]
     where = ".".join(loc) or "campaign"
     if e["type"] == "extra_forbidden":
@@ -586,10 +572,7 @@ def _format_error(err: ValidationError, data: Any) -> str:
         return f"{where}: unknown key; allowed keys here: {allowed}"
     if e["type"] == "missing":
         return f"{where}: required key is missing"
-    msg = e["msg"].removeprefix("Value error, ")
-    if "input" in e and not isinstance(e["input"], dict):
-        return f"{where}: {msg} (got {e['input']!r})"
-    return f"{where}: {msg}"
+    return f"{where}: {error_line(err, skip=len(e['loc']), got=True)}"  # the message: the location is above
 
 
 def _walkers_error(err: ValidationError, data: Any) -> str:
@@ -627,10 +610,10 @@ def _model_at(model, loc: list[str], data: Any):
         ann = field.annotation
         if key == "model":
             backend = (data.get("model") or {}).get("backend", "gap") if isinstance(data, dict) else "gap"
-            return {"gap": GapModel, "mace": MaceModel}.get(backend)
+            return getattr(ml_registry.BACKENDS.get(backend), "settings", None)
         if key == "reference":
             engine = (data.get("reference") or {}).get("engine", "ase") if isinstance(data, dict) else "ase"
-            return {"ase": AseReference, "cp2k": Cp2kReference, "vasp": VaspReference}.get(engine)
+            return getattr(reference_registry.ENGINES.get(engine), "settings", None)
         if key == "structure":
             sd = data.get("structure") if isinstance(data, dict) else None
             if isinstance(sd, dict) and "numbers" in sd:
@@ -663,7 +646,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
         raise ConfigError(_format_error(err, data)) from None
     base = Path(base_dir).resolve()
     if isinstance(config.structure, StructureFile):
-        path = (base / config.structure.file).resolve()
+        path = Path(absolute_path(config.structure.file, base))
         if path.is_dir():
             raise ConfigError(f"structure.file: {config.structure.file!r} is a directory, not a structure file "
                               f"(looked in {base})")
@@ -672,17 +655,17 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
         config.structure.file = str(path)
     foundation = getattr(config.model, "foundation_model", None)
     if foundation is not None:
-        path = (base / foundation).resolve()
+        path = Path(absolute_path(foundation, base))
         if not path.is_file():
             raise ConfigError(f"model.foundation_model: {foundation!r} is not a file (looked in {base}); give the "
                               "local path of a MACE model file, nothing is downloaded")
         config.model.foundation_model = str(path)
     resolved = []
     for item in config.refit.previous_data:
-        if ":" in item and item.split(":", 1)[0] in ("campaign", "model"):
+        if store_reference(item):
             resolved.append(item)
             continue
-        path = (base / item).resolve()
+        path = Path(absolute_path(item, base))
         if path.is_dir():
             raise ConfigError(f"refit.previous_data: {item!r} is a directory, not an extxyz file (looked in {base})")
         if not path.is_file():
@@ -701,7 +684,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
         value = getattr(config.execution, key)
         if value is not None:
-            setattr(config.execution, key, str((base / value).resolve()))
+            setattr(config.execution, key, absolute_path(value, base))
     return config
 
 

@@ -8,7 +8,6 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input (one line on stderr, no tr
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -17,12 +16,13 @@ import warnings
 import click
 import typer
 
-import otf_flows.commands.campaign  # noqa: F401 - registers the commands
 import otf_flows.commands.cluster  # noqa: F401
-import otf_flows.commands.report  # noqa: F401
 import otf_flows.commands.data  # noqa: F401
+import otf_flows.commands.report  # noqa: F401
+import otf_flows.commands.runs  # noqa: F401 - registers the commands
 from otf_flows.commands import app
 from otf_flows.errors import InputError, OtfError
+from otf_flows.settings import otf_settings
 
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as _typer_click
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
-    level = os.environ.get("OTF_LOG_LEVEL", "DEBUG" if debug else "WARNING")
+    level = otf_settings().log_level or ("DEBUG" if debug else "WARNING")
     if not debug:  # third-party deprecation chatter is not for users; --debug shows it
         for category in (UserWarning, DeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category)

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from otf_flows.backends.reference import Labels
-from otf_flows.errors import InputError
+from otf_flows.campaign import store_reference
+from otf_flows.errors import InputError, NotFoundError
 from otf_flows.frames import frame_from_labels
+from otf_flows.labels import Labels
 from otf_flows.schemas.documents import FrameDoc, Provenance
+from otf_flows.structures import validate_atoms
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,6 @@ def read_labelled_xyz(
         values = [energy, forces] + ([virial] if virial is not None else [])
         if not all(np.all(np.isfinite(v)) for v in values) or not np.all(np.isfinite(atoms.positions)):
             raise InputError(f"{where}: labels or positions contain NaN or infinity")
-        from otf_flows.structures import validate_atoms
 
         validate_atoms(atoms, where)
         config_type = str(atoms.info.get(config_type_key, "default"))
@@ -128,8 +129,6 @@ def import_previous_data(store, config, campaign: str) -> int:
     training frames, so its refits keep what the model knew. Idempotent; returns the number
     of distinct frames.
     """
-    from otf_flows.errors import NotFoundError
-
     refit = config.refit
     items = list(refit.previous_data)
     initial = config.model.initial_model
@@ -137,7 +136,7 @@ def import_previous_data(store, config, campaign: str) -> int:
         items.append(f"model:{initial}")
     frame_ids: set[str] = set()
     for item in items:
-        kind, _, name = item.partition(":")
+        kind, name = store_reference(item) or (None, None)
         if kind == "campaign" and not Path(item).exists():
             frames = store.training_frames(name)
             if not frames:

@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from otf_flows.settings import otf_settings
+
 
 def cache_dir(setting: str | os.PathLike | None = None) -> Path:
     """The cache directory: ``setting``, else ``$OTF_CACHE_DIR``, else the node's temporary directory.
@@ -33,8 +35,9 @@ def cache_dir(setting: str | os.PathLike | None = None) -> Path:
     """
     if setting:
         return Path(setting)
-    if os.environ.get("OTF_CACHE_DIR"):
-        return Path(os.environ["OTF_CACHE_DIR"]).expanduser()
+    env = otf_settings().cache_dir
+    if env:
+        return Path(env).expanduser()
     return Path(tempfile.gettempdir()) / f"otf_flows-cache-{os.getuid()}"
 
 
@@ -48,7 +51,7 @@ def runs_dir(store, campaign: str) -> Path:
 def scratch_dir(campaign: str, store, setting: str | os.PathLike | None = None) -> Path:
     """Where ``otf run`` puts the job directories of ``campaign``: ``setting``/NAME, else
     ``$OTF_SCRATCH_DIR``/NAME, else :func:`runs_dir`."""
-    root = setting or os.environ.get("OTF_SCRATCH_DIR")
+    root = setting or otf_settings().scratch_dir
     if root:
         return Path(root).expanduser() / campaign
     return runs_dir(store, campaign)

@@ -38,6 +38,7 @@ from mongomock.filtering import filter_applies
 from monty.json import jsanitize
 
 from otf_flows.errors import StoreError
+from otf_flows.settings import otf_settings
 
 DB_FILE = "otf.sqlite3"
 #: layout of the database file (table ``otf.meta``)
@@ -395,7 +396,7 @@ NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3
 def journal_mode(path: Path) -> str:
     """``wal`` for a new database under ``path`` on a local disk, ``delete`` on a network file system
     (or as ``OTF_STORE_JOURNAL`` says)."""
-    forced = os.environ.get("OTF_STORE_JOURNAL", "").lower()
+    forced = (otf_settings().store_journal or "").lower()
     if forced in ("wal", "delete"):
         return forced
     if forced:

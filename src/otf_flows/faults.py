@@ -4,7 +4,7 @@
 process itself (counted per process). A failpoint of one walker (``failpoint(NAME, walker)``)
 is also named ``NAME@WALKER``: ``OTF_FAILPOINT=check.labelled@hot:2`` kills at walker hot's
 second pass only. ``OTF_HOLD=NAME[@WALKER]=PATH`` holds the process at the point until the file
-PATH exists (tests of walkers running side by side). Unset, a failpoint costs one dictionary lookup.
+PATH exists (tests of walkers running side by side).
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import os
 import signal
 import time
 
+from otf_flows.settings import otf_settings
+
 _hits: dict[str, int] = {}
 
 
 def failpoint(name: str, walker: str | None = None) -> None:
     """Die here if ``OTF_FAILPOINT`` names this point and its count is reached; wait if ``OTF_HOLD`` names it."""
-    spec = os.environ.get("OTF_FAILPOINT")
-    hold = os.environ.get("OTF_HOLD")
+    settings = otf_settings()
+    spec, hold = settings.failpoint, settings.hold
     if not spec and not hold:
         return
     names = {name} if walker is None else {name, f"{name}@{walker}"}

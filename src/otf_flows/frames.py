@@ -6,8 +6,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from otf_flows.backends.ml import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
-from otf_flows.backends.reference import Labels
+from otf_flows.labels import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, Labels
+from otf_flows.reference.registry import level_of_theory as registry_level_of_theory
 from otf_flows.schemas.documents import FrameDoc, Provenance
 
 
@@ -18,31 +18,12 @@ def level_of_theory(reference: dict) -> str:
     VASP: GGA tag, ENCUT, POTCAR functional (and k-points, spin); an ASE calculator: its class
     name and keyword arguments. Frames with different labels should not train one model.
     """
-    engine = reference.get("engine")
-    parts: list[str] = []
-    if engine == "cp2k":
-        parts = [reference.get("xc_functional"), reference.get("basis_set"), reference.get("potential"),
-                 f"{reference.get('cutoff_Ry'):g} Ry"]
-        parts += [f"{e}:{b}" for e, b in sorted((reference.get("basis_set_by_element") or {}).items())]
-        if reference.get("electronic_temperature_K"):
-            parts.append(f"smearing {reference['electronic_temperature_K']:g} K")
-        if reference.get("uks"):
-            parts.append("UKS")
-    elif engine == "vasp":
-        parts = [reference.get("gga"), f"ENCUT {reference.get('encut_eV'):g} eV", reference.get("potcar_functional")]
-        if reference.get("spin_polarized"):
-            parts.append("spin")
-    elif engine == "ase":
-        parts = [str(reference.get("calculator", "?")).rpartition(".")[2],
-                 *(f"{k}={v}" for k, v in sorted((reference.get("kwargs") or {}).items()))]
-    elif "file" in reference:
+    known = registry_level_of_theory(reference)
+    if known is not None:
+        return known
+    if "file" in reference:
         return f"unknown (imported from {reference['file']})"
-    else:
-        return "unknown (no reference settings)"
-    kpoints = reference.get("kpoints")
-    if engine in ("cp2k", "vasp") and kpoints and list(kpoints) != [1, 1, 1]:
-        parts.append("k " + "x".join(str(k) for k in kpoints))
-    return " ".join(str(p) for p in (engine, *parts) if p)
+    return "unknown (no reference settings)"
 
 
 def frame_level_of_theory(frame: FrameDoc) -> str:

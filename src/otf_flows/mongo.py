@@ -10,11 +10,11 @@ Credentials never travel inside a location string that is written anywhere. They
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import quote_plus, unquote_plus, urlsplit, urlunsplit
 
 from otf_flows.errors import StoreError
+from otf_flows.settings import otf_settings
 
 #: secrets of locations opened with inline credentials, by redacted location (this process only)
 _SECRETS: dict[str, tuple[str, str]] = {}
@@ -49,10 +49,11 @@ def credentials(clean_uri: str) -> tuple[str, str] | None:
     """Credentials for a clean URI: this process's memory, the environment, or the credentials file."""
     if clean_uri in _SECRETS:
         return _SECRETS[clean_uri]
-    user, password = os.environ.get("OTF_MONGO_USER"), os.environ.get("OTF_MONGO_PASSWORD")
+    env = otf_settings()
+    user, password = env.mongo_user, env.mongo_password
     if user and password:
         return user, password
-    path = os.environ.get("OTF_MONGO_CREDENTIALS")
+    path = env.mongo_credentials
     if path:
         file = Path(path).expanduser()
         if not file.is_file():

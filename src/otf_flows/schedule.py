@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from otf_flows.checks import within_margin
+
 
 @dataclass
 class AdaptiveSchedule:
@@ -105,8 +107,6 @@ def adapted_interval(interval: int, passed: bool, errors: Mapping[str, float | N
     >>> adapted_interval(40, False, {"frmse": 0.5}, tol, p)
     20
     """
-    from otf_flows.checks import within_margin
-
     if params is None:
         return next_interval(interval, passed, None, None, None)
     if passed and within_margin(errors, tolerances, getattr(params, "shrink_above", 1.0)):

@@ -19,7 +19,8 @@ from typing import Any
 from maggma.stores import MemoryStore
 
 from otf_flows.embedded import EmbeddedStore
-from otf_flows.errors import NotFoundError, StoreError
+from otf_flows.errors import InputError, NotFoundError, StoreError
+from otf_flows.mongo import get_blob, mongo_store, put_blob, redact, remember
 from otf_flows.schemas.documents import (
     CampaignDoc,
     CheckDoc,
@@ -30,6 +31,7 @@ from otf_flows.schemas.documents import (
     now,
 )
 from otf_flows.schemas.walkers import WalkerDoc
+from otf_flows.settings import otf_settings
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ INDEXES = {
 
 def resolve_location(cli: str | None = None, config: str | None = None) -> str:
     """``--store`` beats ``OTF_STORE`` beats the YAML's ``store:`` beats ``./otf-store``."""
-    return cli or os.environ.get("OTF_STORE") or config or DEFAULT_LOCATION
+    return cli or otf_settings().store or config or DEFAULT_LOCATION
 
 
 def _is_mongo(location: str) -> bool:
@@ -89,8 +91,6 @@ class OtfStore:
         self._stores: dict[str, Any] = {}
         self._jobstore = None
         if _is_mongo(location):
-            from otf_flows.mongo import remember
-
             self.kind = "mongo"
             self.location = location = remember(location)
         elif location.startswith("memory://"):
@@ -107,7 +107,6 @@ class OtfStore:
             return EmbeddedStore(collection, database_path=str(self.path / "db"), key=key)
         if self.kind == "memory":
             return MemoryStore(collection_name=f"{self.location}/{collection}", key=key)
-        from otf_flows.mongo import mongo_store
 
         return mongo_store(self.location, collection, key)
 
@@ -162,8 +161,6 @@ class OtfStore:
     def describe(self) -> str:
         """Location without credentials."""
         if self.kind == "mongo":
-            from otf_flows.mongo import redact
-
             return redact(self.location)
         return str(getattr(self, "path", self.location))
 
@@ -188,7 +185,6 @@ class OtfStore:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             return key
-        from otf_flows.mongo import put_blob
 
         put_blob(self, key, data)
         return key
@@ -200,7 +196,6 @@ class OtfStore:
             if not path.exists():
                 raise StoreError(f"store: blob {key} is missing from {path.parent}")
             return path.read_bytes()
-        from otf_flows.mongo import get_blob
 
         return get_blob(self, key)
 
@@ -372,8 +367,6 @@ class OtfStore:
     # ----------------------------------------------------------------- benchmarks
     def add_benchmark(self, name: str, frames: list[FrameDoc], source: str, description: str = "") -> dict:
         """Register a named benchmark set (frames stored once, by content)."""
-        from otf_flows.errors import InputError
-
         if self.collection("benchmarks").query_one({"name": name}, properties=["name"]) is not None:
             raise InputError(f"benchmark {name!r} already exists in {self.describe()}; choose another name")
         for frame in frames:

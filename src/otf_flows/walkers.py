@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.yaml_config import Strict
 
 WALKER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,49}$"
 #: blocks of the campaign a walker may change

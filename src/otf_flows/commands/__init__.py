@@ -9,6 +9,7 @@ import sys
 import typer
 
 from otf_flows.errors import InputError
+from otf_flows.store import OtfStore, resolve_location
 
 app = typer.Typer(
     add_completion=False,
@@ -53,8 +54,6 @@ def walker_rows(st, campaign: str, walker: str | None = None) -> list[dict]:
 
 def open_store_arg(location: str | None, config_store: str | None = None, must_exist: bool = True):
     """The store named by ``--store`` / ``OTF_STORE`` / the YAML; an embedded one must exist unless told."""
-    from otf_flows.store import OtfStore, resolve_location
-
     loc = resolve_location(location, config_store)
     store = OtfStore(loc)
     if must_exist and store.kind == "embedded" and not (store.path / "db").exists():

@@ -10,8 +10,16 @@ from typing import Optional
 
 import typer
 
+from otf_flows.campaign import load_config
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
 from otf_flows.errors import InputError
+from otf_flows.flows.lifecycle import prepare_campaign
+from otf_flows.managers import allocation
+from otf_flows.managers.allocation import end_allocation, record_next, start_allocation
+from otf_flows.managers.fireworks import load_launchpad, submit_campaign
+from otf_flows.managers.local import _runs_dir
+from otf_flows.reference.registry import get_engine
+from otf_flows.settings import otf_settings
 
 
 @app.command()
@@ -63,22 +71,17 @@ def submit(
     Either way the store must be reachable from the compute nodes: a directory on a shared file
     system or a mongodb:// URI (docs/cluster.md).
     """
-    from otf_flows.campaign import load_config
-
     if (launchpad is None) == (batch is None):
         raise InputError("submit: give either --batch slurm|pbs (allocation mode) or --launchpad LP.yaml (FireWorks)")
     cfg = load_config(config)
     st = open_store_arg(store, cfg.store, must_exist=False)
     if check_engine:
-        from otf_flows.backends.reference import get_engine
-
         get_engine(cfg.reference, omp_threads=cfg.execution.dft.omp_threads).check_available()
     if batch is not None:
         _submit_batch(cfg, config, st, batch=batch, walltime=walltime, nodes=nodes, ntasks=ntasks, queue=queue,
                       account=account, resubmit=resubmit, grace=grace, stop_after=stop_after, template=template,
                       dry_run=dry_run, resume=resume, as_json=as_json)
         return
-    from otf_flows.managers.fireworks import load_launchpad, submit_campaign
 
     lp = load_launchpad(launchpad)
     _log_to_stderr(lp)
@@ -102,9 +105,6 @@ def _submit_batch(cfg, config: Path, st, *, batch: str, walltime: str | None, no
                   queue: str | None, account: str | None, resubmit: int, grace: int, stop_after: int | None,
                   template: Path | None, dry_run: bool, resume: bool, as_json: bool) -> None:
     """Allocation mode of `otf submit`: register, write the script, submit it."""
-    from otf_flows.managers import allocation
-    from otf_flows.managers.local import _runs_dir, prepare_campaign
-
     if walltime is None:
         raise InputError("--time: allocation mode needs the walltime of each allocation, e.g. --time 24:00:00")
     location = st.location if st.kind != "embedded" else str(st.path)
@@ -163,11 +163,7 @@ def allocation_start(
     log_dir: Path = typer.Option(..., "--log-dir"),
 ) -> None:
     """Record the start of an allocation; print the path of its log file."""
-    import os
-
-    from otf_flows.managers.allocation import start_allocation
-
-    ntasks = os.environ.get("OTF_NTASKS", "")
+    ntasks = otf_settings().ntasks or ""
     doc = start_allocation(open_store_arg(store), campaign, scheduler=scheduler, job_id=job_id, chain=chain,
                            max_allocations=max_allocations, log_dir=log_dir,
                            ntasks=int(ntasks) if ntasks.isdigit() else None)
@@ -181,8 +177,6 @@ def allocation_end(
     signal: str = typer.Option("none", "--signal", help="none, warning or term"),
 ) -> None:
     """Record the end of an allocation; print `resubmit` or `end`."""
-    from otf_flows.managers.allocation import end_allocation
-
     if signal not in ("none", "warning", "term"):
         raise InputError(f"--signal: {signal!r} is not one of none, warning, term")
     doc = end_allocation(open_store_arg(store), campaign, job_id=job_id, exit_code=exit_code, signal=signal)
@@ -196,8 +190,6 @@ def allocation_next(
     job_id: str = typer.Option(..., "--job-id"), next_job: str = typer.Option(..., "--next-job"),
 ) -> None:
     """Record the job id of the resubmitted allocation."""
-    from otf_flows.managers.allocation import record_next
-
     st = open_store_arg(store)
     record_next(st, campaign, job_id=job_id, next_job_id=next_job)
     st.update_campaign(campaign, message=f"waiting for batch job {next_job} (allocation mode)")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from otf_flows.campaign import GAP_ONLY_REFIT_KEYS, Refit
 from otf_flows.commands import (
     JsonOpt,
     StoreOpt,
@@ -18,7 +19,16 @@ from otf_flows.commands import (
     print_table,
     require_walker,
 )
-from otf_flows.errors import InputError
+from otf_flows.data import frames_from_xyz
+from otf_flows.errors import InputError, NotFoundError, StoreError
+from otf_flows.fit_export import LAMMPS_DATA, fit_and_register
+from otf_flows.fit_export import export_model as export
+from otf_flows.frames import frame_level_of_theory, frame_to_atoms
+from otf_flows.ml.gap.presets import preset_names
+from otf_flows.ml.gap.settings import GapModel
+from otf_flows.ml.mace.settings import MaceModel
+from otf_flows.trajectory import campaign_segments, segment_frames
+from otf_flows.yaml_config import error_line, load_yaml
 
 data_app = typer.Typer(help="Training data.", no_args_is_help=True)
 benchmark_app = typer.Typer(help="Benchmark sets (named frames with reference labels).", no_args_is_help=True)
@@ -40,8 +50,6 @@ def data_export(campaign: str = typer.Argument(..., help="Campaign name."),
     """Write a campaign's training frames as extxyz (REF_energy, REF_forces, REF_virial, config_type)."""
     from ase.io import write
 
-    from otf_flows.frames import frame_to_atoms
-
     st = open_store_arg(store)
     st.require_campaign(campaign)
     frames = st.training_frames(campaign)
@@ -56,8 +64,6 @@ def data_export(campaign: str = typer.Argument(..., help="Campaign name."),
 
 def frame_row(frame) -> dict:
     """A frame as ``otf data frames`` shows it: where it is from and how its labels were made (no arrays)."""
-    from otf_flows.frames import frame_level_of_theory
-
     prov = frame.provenance
     return {
         "frame_id": frame.frame_id, "campaign": frame.campaign, "source": frame.source, "md_step": frame.md_step,
@@ -92,8 +98,6 @@ def data_frames(campaign: str = typer.Argument(..., help="Campaign name."),
 def data_frame(frame_id: str = typer.Argument(..., help="Frame id (otf data frames shows them)."),
                store: Optional[str] = StoreOpt) -> None:
     """One frame's whole document as JSON: labels, structure (pymatgen dict) and provenance."""
-    from otf_flows.errors import NotFoundError, StoreError
-
     st = open_store_arg(store)
     try:
         frame = st.get_frames([frame_id])[0]
@@ -119,8 +123,6 @@ def trajectory_export(campaign: str = CampaignArg, out: Path = TrajectoryOut,
     in a campaign with walkers also walker (the frames of each walker in turn, or of --walker only).
     """
     from ase.io import write
-
-    from otf_flows.trajectory import campaign_segments, segment_frames
 
     st = open_store_arg(store)
     doc = st.require_campaign(campaign)
@@ -185,13 +187,6 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
     import yaml
     from pydantic import ValidationError
 
-    from otf_flows._config_base import load_yaml
-    from otf_flows.backends.gap_presets import preset_names
-    from otf_flows.backends.ml_settings import GapModel, MaceModel
-    from otf_flows.campaign import GAP_ONLY_REFIT_KEYS, Refit
-    from otf_flows.data import frames_from_xyz
-    from otf_flows.models import fit_and_register
-
     if preset is not None and preset not in preset_names():
         raise InputError(f"--preset: {preset!r} is not one of {', '.join(preset_names())}")
     refit_data: dict = {}
@@ -236,10 +231,7 @@ def fit(train: Path = typer.Argument(..., help="Training extxyz file."),
         else:
             ml_model = GapModel.model_validate({**model_data, "backend": "gap", **({"preset": preset} if preset else {})})
     except ValidationError as err:
-        e = err.errors()[0]
-        where = "refit" if err.title == "Refit" else "model"
-        raise InputError(f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") \
-            from None
+        raise InputError(error_line(err, "refit" if err.title == "Refit" else "model")) from None
     if getattr(ml_model, "foundation_model", None) and not Path(ml_model.foundation_model).is_file():
         raise InputError(f"model.foundation_model: {ml_model.foundation_model!r} is not a file")
     frames = frames_from_xyz(train, energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
@@ -261,8 +253,6 @@ def benchmark_add(name: str = typer.Argument(..., help="Benchmark set name."),
                   config_type_key: str = ConfigTypeKey, store: Optional[str] = StoreOpt,
                   as_json: bool = JsonOpt) -> None:
     """Register a benchmark set from an extxyz file."""
-    from otf_flows.data import frames_from_xyz
-
     frames = frames_from_xyz(file, energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
                              config_type_key=config_type_key)
     st = open_store_arg(store, must_exist=False)
@@ -291,9 +281,6 @@ def export_model(model_id: str = typer.Argument(..., help="Model id."),
                  store: Optional[str] = StoreOpt) -> None:
     """Model files for stand-alone MD (GAP: XML + sparseX; MACE: mace.model and a pair_style mace model),
     a LAMMPS snippet, an ASE example and the campaign's final state as a LAMMPS data file (units metal)."""
-    from otf_flows.models import LAMMPS_DATA
-    from otf_flows.models import export_model as export
-
     st = open_store_arg(store)
     files = export(st, model_id, dest)
     typer.echo(f"wrote {', '.join(p.name for p in files)} to {dest}", err=True)

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
+from otf_flows.report import write_report
+from otf_flows.validation import run_validation
 
 #: Validation-document fields left out of ``otf validate --json`` (per-frame lists; they stay in the store).
 _BULKY = ("frame_ids", "energy_error_per_atom")
@@ -22,8 +24,6 @@ def validate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Error metrics of a model on a benchmark set (stored as a validation)."""
-    from otf_flows.validation import run_validation
-
     st = open_store_arg(store)
     doc = run_validation(st, model_id, benchmark)
     out = {k: v for k, v in doc.items() if k not in _BULKY}
@@ -61,8 +61,6 @@ def report(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Plots and a one-page HTML summary of a campaign."""
-    from otf_flows.report import write_report
-
     st = open_store_arg(store)
     page = write_report(st, campaign, out)
     typer.echo(f"report: {page}", err=True)

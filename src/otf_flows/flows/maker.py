@@ -3,7 +3,7 @@
 The Maker's fields are the campaign YAML's blocks, as the same pydantic models
 (:class:`~otf_flows.campaign.MDSettings`, :class:`~otf_flows.campaign.Tolerances`, ...) or plain
 mappings of them; ``reference_maker`` is an atomate2 CP2K/VASP static Maker, an ASE calculator or
-a reference block (:mod:`otf_flows.backends.makers`); the structure is the argument of ``make``.
+a reference block (:mod:`otf_flows.reference.from_maker`); the structure is the argument of ``make``.
 The flow's first job registers the campaign in the store (the rules of ``otf run``: a new name,
 or the resume rules with ``resume``); every job's Maker carries the campaign's settings.
 """
@@ -20,7 +20,6 @@ from jobflow import Flow, Maker, OutputReference, Response, job
 from monty.json import MontyDecoder
 from pydantic import TypeAdapter, ValidationError
 
-from otf_flows.backends.makers import reference_from_maker
 from otf_flows.campaign import (
     AdaptiveMethodParameters,
     CampaignConfig,
@@ -36,15 +35,18 @@ from otf_flows.campaign import (
     ValidationSettings,
     config_from_dict,
     load_config,
+    store_reference,
 )
 from otf_flows.errors import ConfigError
-from otf_flows.flows.campaign import campaign_flow
+from otf_flows.flows.graph import campaign_flow
+from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.jobs.base import open_store
 from otf_flows.jobs.routing import route
-from otf_flows.managers.local import prepare_campaign
+from otf_flows.reference.from_maker import reference_from_maker
 from otf_flows.store import OtfStore, resolve_location
 from otf_flows.structures import structure_spec
 from otf_flows.walkers import WalkerGrid, WalkerSpec
+from otf_flows.yaml_config import absolute_path, error_line
 
 __all__ = ["OtfMDMaker", "RegisterCampaignMaker"]
 
@@ -79,7 +81,7 @@ class OtfMDMaker(Maker):
         Campaign name, unique in the store (letters, digits, ``. _ -``); also the flow's name.
     reference_maker
         The reference: an atomate2 ``StaticMaker`` (CP2K or VASP), an ASE calculator class or
-        instance, or a ``reference`` block; see :mod:`otf_flows.backends.makers` for what carries over.
+        instance, or a ``reference`` block; see :mod:`otf_flows.reference.from_maker` for what carries over.
     md, num_initial_steps, check_interval, adaptive_method_parameters, tolerances, can_update, \
 rollback_on_fail, model, refit, uncertainty, validation, execution
         The campaign's settings (:class:`~otf_flows.campaign.CampaignConfig`).
@@ -193,13 +195,9 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
         """This Maker with its relative paths (``refit.previous_data``, ``structure.file``,
         ``execution.cache_dir``/``scratch_dir``) made absolute against the working directory."""
         cwd = Path.cwd()
-
-        def absolute(path: str) -> str:
-            return str((cwd / path).resolve())
-
-        previous = [item if item.split(":", 1)[0] in ("campaign", "model") else absolute(item)
+        previous = [item if store_reference(item) else absolute_path(item, cwd)
                     for item in self.refit.previous_data]  # store references stay (as config_from_dict)
-        dirs = {key: absolute(getattr(self.execution, key)) for key in ("cache_dir", "scratch_dir")
+        dirs = {key: absolute_path(getattr(self.execution, key), cwd) for key in ("cache_dir", "scratch_dir")
                 if getattr(self.execution, key) is not None}
         changes = {"refit": self.refit.model_copy(update={"previous_data": previous}) if previous else self.refit,
                    "execution": self.execution.model_copy(update=dirs) if dirs else self.execution}
@@ -218,7 +216,7 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
         if isinstance(structure, Mapping):
             structure = _validated(_STRUCTURE, structure, "structure")
         if isinstance(structure, StructureFile):  # the same file wherever a job reads it
-            return structure.model_copy(update={"file": str((Path.cwd() / structure.file).resolve())})
+            return structure.model_copy(update={"file": absolute_path(structure.file, Path.cwd())})
         if isinstance(structure, (StructureBuilder, StructureAtoms)):
             return structure
         return structure_spec(structure)
@@ -282,6 +280,4 @@ def _validated(model, value, key: str):
     try:
         return model.validate_python(value) if isinstance(model, TypeAdapter) else model.model_validate(value)
     except ValidationError as err:
-        e = err.errors()[0]
-        where = ".".join(str(x) for x in (key, *e["loc"]) if not str(x).startswith(("Structure", "function-")))
-        raise ConfigError(f"{where}: {e['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(error_line(err, key)) from None

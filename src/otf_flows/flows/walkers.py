@@ -25,7 +25,7 @@ from jobflow import Flow, Maker, Response, job
 from otf_flows.campaign import CampaignConfig
 from otf_flows.flows.lineage import current_model, lease_id
 from otf_flows.jobs.base import job_settings
-from otf_flows.jobs.decide import final_jobs, iteration_flow
+from otf_flows.jobs.decide import WalkerEndMaker, final_jobs, iteration_flow
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.reference import InitialMDMaker
 from otf_flows.jobs.routing import route
@@ -63,9 +63,10 @@ def resume_walkers_flow(config: CampaignConfig, st, store: str) -> Flow:
     return Flow([start], name=f"otf campaign {config.name} (resumed)")
 
 
-def walker_chain(config: CampaignConfig, st, store: str, name: str) -> Flow | None:
+def walker_chain(config: CampaignConfig, st, store: str, name: str, end: bool = True) -> Flow | None:
     """The rest of walker ``name``'s chain from its progress document: its pending refit, then its next
-    iteration (None when it has completed with nothing pending)."""
+    iteration, or for a walker at its end (with ``end``) the job that ends the campaign if it is the last
+    (None when it has completed with nothing pending)."""
     doc = st.get_walker(config.name, name)
     total = walker_config(config, name).md.total_steps
     gate = config.validation.promotion
@@ -83,6 +84,9 @@ def walker_chain(config: CampaignConfig, st, store: str, name: str) -> Flow | No
     if doc.step < total:
         jobs.append(iteration_flow(config, store, doc.state_id, model_id, doc.step,
                                    doc.interval or config.check_interval, name))
+    elif jobs and end:  # the refit of the walker's last check, then maybe the campaign's end
+        jobs.append(route(WalkerEndMaker(config=config, walker=name).make(config.name, store, model_id), "light",
+                          config.execution))
     return Flow(jobs, name=f"walker {name}") if jobs else None
 
 
@@ -107,7 +111,8 @@ class StartWalkersMaker(Maker):
         running = [w.walker for w in st.walkers(campaign) if w.status != "completed"]
         if running:  # the last walker to finish claims the final validation anew
             st.collection("locks").remove_docs({"lock_id": lease_id(campaign, "finish")})
-        chains = [chain for name in walker_names(config) if (chain := walker_chain(config, st, store, name))]
+        chains = [chain for name in walker_names(config)
+                  if (chain := walker_chain(config, st, store, name, end=bool(running)))]
         output = {"walkers": walker_names(config), "running": running}
         if running:
             return Response(output=output, addition=Flow(chains, name=f"walkers of {campaign}"))

@@ -1,16 +1,16 @@
-"""What every campaign job shares: opening the store, its settings, timing."""
+"""What every campaign job shares: opening the store, its settings, timing (and :func:`model_dir`, re-exported)."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
-from otf_flows.backends.ml import get_backend
 from otf_flows.campaign import CampaignConfig
-from otf_flows.dirs import cache_dir
+from otf_flows.ml.registry import model_dir
 from otf_flows.schemas.documents import LedgerEntry, now
 from otf_flows.store import OtfStore
+
+__all__ = ["forget_stores", "job_settings", "model_dir", "open_campaign", "open_store", "timed"]
 
 _open_stores: dict[str, OtfStore] = {}
 
@@ -57,21 +57,3 @@ def timed(store: OtfStore, campaign: str, kind: str, job: str, entry_id: str, st
     seconds = time.perf_counter() - start
     store.record_time(LedgerEntry(campaign=campaign, kind=kind, seconds=seconds, job=job, step=step, walker=walker,
                                   started_at=started_at), entry_id)
-
-
-def model_dir(store: OtfStore, model_id: str, cache: str | Path | None = None) -> Path:
-    """Local directory with the model's files (extracted from the store once).
-
-    A store directory keeps them under ``<store>/models``; for a MongoDB store they go to the
-    cache (:func:`otf_flows.dirs.cache_dir` of ``cache``, the campaign's ``execution.cache_dir``).
-    """
-    model = store.get_model(model_id)
-    backend = get_backend(model.backend)
-    if store.kind == "embedded":
-        dest = store.path / "models" / model_id
-    else:
-        dest = cache_dir(cache) / "models" / model.artifact[:16]
-    if not (dest / backend.model_file).exists():  # archives are immutable: extracted once, then reused
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        backend.unpack(store.get_blob(model.artifact), dest)
-    return dest

@@ -17,9 +17,10 @@ from otf_flows.flows.lineage import claim, current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
-from otf_flows.jobs.reference import ReferenceCheckMaker, model_labels_of_check, state_id
+from otf_flows.jobs.reference import ReferenceCheckMaker
 from otf_flows.jobs.routing import route
 from otf_flows.jobs.validate import ValidateMaker
+from otf_flows.md.state import model_labels_of_check, state_id
 from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
 from otf_flows.walkers import names as walker_names
@@ -280,6 +281,11 @@ class DecideMaker(Maker):
                 jobs.append(validate)
                 if config.validation.promotion is not None and config.validation.promotion.keep_parent:
                     next_model = validate.output["model_id"]
+        if walker is not None and not pending:  # the walker's next segment takes the campaign's newest model
+            gate = config.validation.promotion
+            newest = current_model(st, campaign, keep_parent=gate is not None and gate.keep_parent)
+            if newest is not None and newest.version > st.get_model(next_model).version:
+                next_model = newest.model_id
         if not pending:  # a rollback that the same model would re-run stops the campaign instead of looping
             stop_if_rerun_repeats(st, campaign, doc, state, next_model, config.md.total_steps, config.can_update,
                                   walker)
@@ -287,10 +293,14 @@ class DecideMaker(Maker):
             jobs.append(
                 iteration_flow(shared, store, resume_id, next_model, resume_step, doc.new_interval, walker)
             )
-        elif walker is None or last_walker(st, shared, walker):
-            if walker is not None and not pending:  # the campaign's newest model, maybe of another walker's refit
-                gate = config.validation.promotion
-                next_model = current_model(st, campaign, keep_parent=gate is not None and gate.keep_parent).model_id
+        elif walker is None:
+            jobs += final_jobs(shared, store, next_model)
+        elif pending:  # the walker's last refit first: then maybe the campaign's end
+            end = route(WalkerEndMaker(config=shared, walker=walker).make(campaign, store, next_model), "light",
+                        config.execution)
+            end.name = f"end of walker {walker}"
+            jobs.append(end)
+        elif last_walker(st, shared, walker):
             jobs += final_jobs(shared, store, next_model)
         output = doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "model_id"})
         if not jobs:  # a walker at its end while others still run: its chain ends here
@@ -306,10 +316,30 @@ def final_jobs(config: CampaignConfig, store: str, model_id) -> list:
                          config.execution)]
 
 
+@dataclass
+class WalkerEndMaker(Maker):
+    """After the refit of a walker's last check: the campaign's end if every walker has finished."""
+
+    name: str = "end of walker"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None
+
+    @job
+    def make(self, campaign: str, store: str, model_id: str):
+        st, config = job_settings(self.config, campaign, store)
+        if not last_walker(st, config, self.walker):
+            return {"model_id": model_id, "last": False}
+        gate = config.validation.promotion
+        newest = current_model(st, campaign, keep_parent=gate is not None and gate.keep_parent)
+        return Response(output={"model_id": newest.model_id, "last": True},
+                        addition=Flow(final_jobs(config, store, newest.model_id), name=f"end of {campaign}"))
+
+
 def last_walker(store, config: CampaignConfig, walker: str) -> bool:
-    """Whether ``walker``, just completed, ends the campaign: every walker has completed and this one is the
-    first to claim the final validation (walkers finishing at once in different processes claim it once)."""
-    done = {w.walker for w in store.walkers(config.name) if w.status == "completed"}
+    """Whether ``walker``, just completed, ends the campaign: every walker has completed with no refit pending,
+    and this one is the first to claim the final validation (walkers finishing at once in different processes
+    claim it once)."""
+    done = {w.walker for w in store.walkers(config.name) if w.status == "completed" and w.pending_refit is None}
     if not all(name in done for name in walker_names(config)):
         return False
     return claim(store, config.name, "finish", walker)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-
-from contextlib import nullcontext
 
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.ml import VIRIAL_KEY, get_backend
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import FitFailedError
 from otf_flows.faults import failpoint
 from otf_flows.flows.lineage import current_model, lease
 from otf_flows.frames import frame_level_of_theory, frame_to_atoms
-from otf_flows.jobs.base import job_settings, model_dir, timed
+from otf_flows.jobs.base import job_settings, timed
+from otf_flows.labels import VIRIAL_KEY
+from otf_flows.ml.registry import get_backend, model_dir
 from otf_flows.schemas.documents import ModelDoc
 
 logger = logging.getLogger(__name__)

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.ml import get_backend
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import ConfigError
 from otf_flows.faults import failpoint
 from otf_flows.flows.lineage import current_model
-from otf_flows.jobs.base import job_settings, model_dir, timed
-from otf_flows.jobs.reference import state_doc, state_from_doc, state_id
+from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.routing import omp_threads
 from otf_flows.md.guard import make_guard
 from otf_flows.md.segment import UncertaintyMonitor, run_segment
+from otf_flows.md.state import state_doc, state_from_doc, state_id
+from otf_flows.ml.registry import get_backend, model_dir
 from otf_flows.walkers import track, walker_config
 
 

@@ -13,23 +13,19 @@ from ase.calculators.calculator import Calculator, all_changes
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.backends.reference import (
-    RUN_KEYS,
-    SCF_PATH_KEYS,
-    SCF_PATH_UPDATES,
-    Labels,
-    ReferenceEngine,
-    get_engine,
-    settings_hash,
-)
 from otf_flows.campaign import CampaignConfig
 from otf_flows.data import import_previous_data
 from otf_flows.dirs import cache_dir
 from otf_flows.faults import failpoint
 from otf_flows.frames import frame_from_labels
 from otf_flows.jobs.base import job_settings, timed
-from otf_flows.md.segment import MDState, initial_state, run_segment
-from otf_flows.schemas.documents import FrameDoc, StateDoc
+from otf_flows.labels import Labels, settings_hash
+from otf_flows.md.segment import initial_state, run_segment
+from otf_flows.md.state import checked_frame, state_doc, state_id
+from otf_flows.reference.base import ReferenceEngine
+from otf_flows.reference.registry import get_engine
+from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
+from otf_flows.schemas.documents import FrameDoc
 from otf_flows.structures import build_structure
 from otf_flows.walkers import track, walker_config
 
@@ -38,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 def reference_identity(config) -> tuple[str, dict]:
     """Hash and plain dict of the campaign's reference settings: the hash covers what the labels depend
-    on, without how the engine is run (:data:`~otf_flows.backends.reference.RUN_KEYS`: command, threads,
-    retries) or how the SCF gets there (:data:`~otf_flows.backends.reference.SCF_PATH_KEYS`: mixing,
+    on, without how the engine is run (:data:`~otf_flows.reference.settings.RUN_KEYS`: command, threads,
+    retries) or how the SCF gets there (:data:`~otf_flows.reference.settings.SCF_PATH_KEYS`: mixing,
     damping, iteration limit); the dict (stored with every label) keeps the SCF settings too."""
     settings = config.reference.model_dump(mode="json", exclude=set(RUN_KEYS))
     return settings_hash(_physics(settings)), settings
@@ -82,44 +78,6 @@ def reference_engine(config) -> ReferenceEngine:
     return engine
 
 
-def state_id(campaign: str, step: int, model_id: str | None) -> str:
-    """Deterministic id of the state at ``step`` reached with ``model_id`` (None: reference MD)."""
-    return f"{campaign}:state:{step}:{model_id or 'initial'}"
-
-
-def state_doc(campaign: str, state: MDState, model_id: str | None = None, walker: str | None = None,
-              **extra) -> StateDoc:
-    """A state document for ``state`` of ``walker`` (None: a campaign without walkers) reached with ``model_id``."""
-    return StateDoc(
-        state_id=state_id(track(campaign, walker), state.step, model_id),
-        model_id=model_id,
-        campaign=campaign,
-        walker=walker,
-        step=state.step,
-        numbers=state.numbers.tolist(),
-        positions=state.positions.tolist(),
-        velocities=state.velocities.tolist(),
-        cell=np.asarray(state.cell).tolist(),
-        pbc=np.asarray(state.pbc).tolist(),
-        masses=state.masses.tolist(),
-        rng_state=state.rng_state,
-        **extra,
-    )
-
-
-def state_from_doc(doc: StateDoc) -> MDState:
-    return MDState(
-        step=doc.step,
-        numbers=np.array(doc.numbers),
-        positions=np.array(doc.positions),
-        velocities=np.array(doc.velocities),
-        cell=np.array(doc.cell),
-        pbc=np.array(doc.pbc),
-        masses=np.array(doc.masses),
-        rng_state=doc.rng_state,
-    )
-
-
 def _stored_label(store, campaign: str, source: str, step: int, atoms: Atoms,
                   ref_hashes: set[str]) -> FrameDoc | None:
     """A frame already labelled for this step and these exact positions (reruns do no DFT twice)."""
@@ -146,7 +104,7 @@ class ReferenceCalculator(Calculator):
 
     def __init__(self, store, campaign: str, config, first_step: int, workdir: Path, walker: str | None = None):
         super().__init__()
-        self.store, self.campaign, self.config, self.walker = store, campaign, config, walker
+        self.store, self.campaign, self.walker = store, campaign, walker  # the MD loop gets none of the settings
         self.engine = reference_engine(config)
         self.ref_hash, self.ref_settings = reference_identity(config)
         self.ref_hashes = _label_hashes(config, self.ref_hash)
@@ -298,22 +256,6 @@ class ReferenceCheckMaker(Maker):
             seconds = entry["seconds"] if entry else 0.0
         progress.emit("reference", step=step, seconds=seconds, kind="check", walker=self.walker)
         return {"frame_id": frame.frame_id, "step": step, "reference_seconds": seconds}
-
-
-def checked_frame(state: StateDoc) -> tuple[Atoms, int]:
-    """The frame a check labels and its MD step: the state's ``check_frame`` if it has one, else the state."""
-    cf = state.check_frame
-    if cf is None:
-        return state_from_doc(state).to_atoms(), state.step
-    return Atoms(numbers=cf["numbers"], positions=cf["positions"], cell=cf["cell"], pbc=cf["pbc"]), int(cf["step"])
-
-
-def model_labels_of_check(state: StateDoc) -> tuple[float, list, list | None]:
-    """The model's energy, forces and virial of the frame a check labels (see :func:`checked_frame`)."""
-    cf = state.check_frame
-    if cf is None:
-        return state.ml_energy, state.ml_forces, state.ml_virial
-    return cf["energy"], cf["forces"], cf.get("virial")
 
 
 __all__ = ["InitialMDMaker", "ReferenceCalculator", "ReferenceCheckMaker"]

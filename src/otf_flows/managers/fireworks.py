@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import networkx as nx
 from fireworks import FWAction, LaunchPad, Workflow, explicit_serialize
 from jobflow import Flow, JobStore, initialize_logger
 from jobflow.core.flow import get_flow
@@ -33,8 +32,8 @@ from jobflow.managers.fireworks import JobFiretask, flow_to_workflow, job_to_fir
 
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import InputError, StoreError
+from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.jobs.routing import manager_config
-from otf_flows.managers.local import prepare_campaign
 from otf_flows.mongo import redact
 from otf_flows.store import OtfStore
 
@@ -147,6 +146,8 @@ def inline_workflow(flow: Flow, store: JobStore, emitter: dict | None = None, **
 
 def _host(graph, parents: list[str]) -> str | None:
     """The one of ``parents`` that every other one precedes in ``graph`` (None when there is none)."""
+    import networkx as nx  # only when a workflow is built, not on `otf --help`
+
     for candidate in parents:
         before = nx.ancestors(graph, candidate)
         if all(p == candidate or p in before for p in parents):

@@ -38,9 +38,9 @@ from jobflow import Flow, Job
 from monty.json import MontyDecoder, jsanitize
 
 from otf_flows import progress
-from otf_flows.backends.reference import allocation_tasks
 from otf_flows.faults import failpoint
 from otf_flows.jobs.base import forget_stores
+from otf_flows.reference.base import allocation_tasks
 from otf_flows.store import OtfStore
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def _init_worker(stop_event, events, parent_pid: int, ntasks: int) -> None:
         pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["OTF_NTASKS"] = str(ntasks)  # this process only: read by backends.reference.allocation_tasks
+    os.environ["OTF_NTASKS"] = str(ntasks)  # this process only: read by reference.base.allocation_tasks
     _worker.update(stop=stop_event, events=events, parent=parent_pid, last_md={})
     progress.subscribe(_send)
 

@@ -6,23 +6,11 @@ from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms, units
-from ase.data import atomic_numbers, chemical_symbols, covalent_radii
+from ase.data import chemical_symbols, covalent_radii
+
+from otf_flows.campaign import pair_numbers
 
 __all__ = ["ShortDistances", "distance_limits", "make_guard", "pair_numbers"]
-
-
-def pair_numbers(key: str) -> tuple[int, int]:
-    """Atomic numbers (sorted) of a pair key such as ``'O-H'``; ValueError with a one-line reason."""
-    parts = key.split("-")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise ValueError(f"key {key!r} is not a pair 'A-B' of chemical symbols such as 'O-H'")
-    numbers = []
-    for symbol in (p.strip() for p in parts):
-        z = atomic_numbers.get(symbol)
-        if not z:  # 'X' (0) is ASE's dummy atom, not an element
-            raise ValueError(f"key {key!r}: {symbol!r} is not a chemical symbol")
-        numbers.append(z)
-    return tuple(sorted(numbers))
 
 
 def distance_limits(settings, numbers) -> np.ndarray:
@@ -60,7 +48,7 @@ class ShortDistances:
         self._key = None
 
     def _build(self, atoms: Atoms) -> None:
-        from ase.neighborlist import neighbor_list
+        from ase.neighborlist import neighbor_list  # scipy: only when a guard runs
 
         table = distance_limits(self.settings, atoms.numbers)
         self.cutoff = float(table.max())

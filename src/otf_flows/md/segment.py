@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms, units
-from ase.io import write
+
+from otf_flows.labels import virial_from_stress
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class UncertaintyMonitor:
     Parameters
     ----------
     probe
-        The model's uncertainty probe (see :class:`otf_flows.backends.gap.GapUncertainty`):
+        The model's uncertainty probe (see :class:`otf_flows.ml.gap.fit.GapUncertainty`):
         ``arm()`` makes the next model calculation also compute the uncertainty,
         ``disarm()`` stops that, ``value(atoms)`` returns it for the current frame (eV),
         computing it if the last calculation did not.
@@ -247,11 +248,14 @@ def run_segment(
     segment ends early.
     """
     import time
+
     from ase.calculators.singlepoint import SinglePointCalculator
 
     atoms = state.to_atoms()
     atoms.calc = calculator
     dyn, rng = make_dynamics(atoms, md, state.rng_state)
+    from ase.io import write  # scipy (through ase.constraints): only when a segment runs, not on `otf --help`
+
     buffer = io.StringIO()
     n_frames = 0
     step = state.step
@@ -319,8 +323,6 @@ def run_segment(
     virial = None
     if periodic:
         try:
-            from otf_flows.backends.reference import virial_from_stress
-
             virial = virial_from_stress(atoms.get_stress(voigt=False), atoms.get_volume())
         except NotImplementedError:
             virial = None
@@ -343,7 +345,6 @@ def _labelled_by_model(frame: Atoms, calculator, step: int, periodic: bool) -> d
     calculator.calculate(frame, properties)
     virial = None
     if "stress" in properties:
-        from otf_flows.backends.reference import virial_from_stress
         virial = virial_from_stress(frame.get_stress(voigt=False), frame.get_volume()).tolist()
     return {"step": int(step), "numbers": frame.numbers.tolist(), "positions": frame.positions.tolist(),
             "cell": np.array(frame.cell).tolist(), "pbc": frame.pbc.tolist(),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from otf_flows.report import plots
 from otf_flows.report.data import CampaignData, collect, performance_table
+from otf_flows.report.html import render_html
 
 __all__ = ["FIGURES", "CampaignData", "collect", "performance_table", "write_report"]
 
@@ -17,9 +19,6 @@ def write_report(store, campaign: str, out_dir, calculator=None) -> Path:
 
     ``calculator`` replaces the latest model when evaluating it (tests).
     """
-    from otf_flows.report import plots
-    from otf_flows.report.html import render_html
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = collect(store, campaign, calculator)

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from otf_flows.schemas.documents import CampaignDoc, CheckDoc, FrameDoc, ModelDoc
+from otf_flows.trajectory import trajectory_frames as accepted_frames
+from otf_flows.validation.evaluate import compare_model
 from otf_flows.validation.metrics import Comparison
+from otf_flows.validation.sets import validations_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,6 @@ class CampaignData:
 
 def trajectory_frames(store, campaign: str) -> list:
     """ML-MD frames of the campaign's accepted trajectory (rolled-back segments left out), by step."""
-    from otf_flows.trajectory import trajectory_frames as accepted_frames
-
     return [a for a in accepted_frames(store, campaign) if a.info.get("driver") == "model"]
 
 
@@ -64,9 +65,6 @@ def collect(store, campaign: str, calculator=None) -> CampaignData:
 
     ``calculator`` replaces the latest model (tests); by default the stored GAP is loaded.
     """
-    from otf_flows.validation.evaluate import compare_model
-    from otf_flows.validation.sets import validations_of
-
     doc = store.require_campaign(campaign)
     models = store.models(campaign)
     latest = doc.model_id or (models[-1].model_id if models else None)

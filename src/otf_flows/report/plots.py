@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from otf_flows.analysis import bond_angle_distribution, rdf
+from otf_flows.frames import frame_to_atoms
 from otf_flows.report.data import CampaignData
 
 __all__ = [
@@ -306,9 +308,6 @@ def first_minimum(r: np.ndarray, g: np.ndarray) -> float | None:
 
 def plot_structure(data: CampaignData, path: Path, r_max: float = 6.0, dr: float = 0.05) -> Path:
     """g(r) and bond-angle distribution: ML-MD trajectory vs reference-labelled frames."""
-    from otf_flows.analysis import bond_angle_distribution, rdf
-    from otf_flows.frames import frame_to_atoms
-
     fig = _figure(11.0, 4.2)
     ax_g, ax_a = fig.subplots(1, 2)
     checked = [frame_to_atoms(f) for f in data.frames if f.source != "initial_md"]

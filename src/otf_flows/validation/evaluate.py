@@ -6,6 +6,9 @@ import logging
 
 import numpy as np
 
+from otf_flows.frames import frame_to_atoms
+from otf_flows.labels import virial_from_stress
+from otf_flows.ml.registry import get_backend, model_dir
 from otf_flows.schemas.documents import FrameDoc, now
 from otf_flows.validation.metrics import Comparison, Labelled, compare, summarise
 from otf_flows.validation.sets import frames_for, save_validation, validation_id
@@ -31,9 +34,6 @@ def predict(calculator, frames: list[FrameDoc]) -> list[Labelled]:
     """
     from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
-    from otf_flows.backends.reference import virial_from_stress
-    from otf_flows.frames import frame_to_atoms
-
     out = []
     for frame in frames:
         atoms = frame_to_atoms(frame)
@@ -56,9 +56,6 @@ def predict(calculator, frames: list[FrameDoc]) -> list[Labelled]:
 def model_calculator(store, model_id: str, cache: str | None = None):
     """The ASE calculator of a stored model of any backend (extracted into ``cache``, see
     :func:`otf_flows.dirs.cache_dir`)."""
-    from otf_flows.backends.ml import get_backend
-    from otf_flows.jobs.base import model_dir
-
     return get_backend(store.get_model(model_id).backend).calculator(model_dir(store, model_id, cache))
 
 

@@ -1,6 +1,6 @@
-"""The species-generic ``fast`` GAP preset (soap_turbo + a short two-body term).
+"""GAP descriptor presets: the paper's (Table II) and the species-generic ``fast`` one (soap_turbo + a short two-body term).
 
-The paper's Table II presets (``otf_flows.backends.gap.PRESETS``) stay as they are; ``fast``
+The paper's Table II presets (:data:`PRESETS`) stay as they are; ``fast``
 is our own, chosen by measurement (``benchmarks/gap_presets.py``, results in
 ``benchmarks/results/gap_presets.md``): a 5 Å two-body term plus one ``soap_turbo`` term per
 central species. Measured on 2026-12-01 against the l-Si preset: 4.1-4.9x cheaper per force
@@ -14,7 +14,50 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["FAST_SETTINGS", "descriptor_for", "fast_descriptor", "preset_names"]
+__all__ = ["FAST_SETTINGS", "PRESETS", "descriptor_for", "fast_descriptor", "preset_names"]
+
+_SOAP = (
+    "soap l_max={l_max} n_max={n_max} atom_sigma={atom_sigma} cutoff={cutoff} cutoff_transition_width=1.0 "
+    "central_weight=1.0 delta={delta} covariance_type=dot_product zeta=4 n_sparse={n_sparse} "
+    "sparse_method=cur_points add_species=T"
+)
+_TWO_BODY = (
+    "distance_2b cutoff={cutoff} cutoff_transition_width=1.0 covariance_type=ard_se delta={delta} "
+    "theta_uniform=1.0 sparse_method=uniform n_sparse={n_sparse} add_species=T"
+)
+_THREE_BODY = (
+    "angle_3b cutoff={cutoff} cutoff_transition_width=0.5 covariance_type=ard_se delta={delta} "
+    "theta_fac=0.5 sparse_method=uniform n_sparse={n_sparse} add_species=T"
+)
+
+#: Descriptor presets; l-si, al2o3 and a-c follow Table II of the paper.
+PRESETS: dict[str, str] = {
+    "default": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=4.5, delta=0.5, n_sparse=15),
+            _SOAP.format(l_max=3, n_max=6, atom_sigma=0.5, cutoff=4.0, delta=0.1, n_sparse=100),
+        ]
+    ),
+    "l-si": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=10.0, delta=1.0, n_sparse=30),
+            _SOAP.format(l_max=4, n_max=12, atom_sigma=0.5, cutoff=5.0, delta=0.1, n_sparse=500),
+        ]
+    ),
+    "al2o3": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=4.5, delta=1.0, n_sparse=20),
+            _SOAP.format(l_max=4, n_max=8, atom_sigma=0.4, cutoff=3.5, delta=0.1, n_sparse=1000),
+        ]
+    ),
+    "a-c": " : ".join(
+        [
+            _TWO_BODY.format(cutoff=3.7, delta=2.0, n_sparse=15),
+            _THREE_BODY.format(cutoff=3.0, delta=0.5, n_sparse=50),
+            _SOAP.format(l_max=8, n_max=8, atom_sigma=0.5, cutoff=3.7, delta=0.1, n_sparse=200),
+        ]
+    ),
+}
 
 #: The fast preset's settings (keyword arguments of :func:`fast_descriptor`).
 FAST_SETTINGS: dict[str, float | int] = {
@@ -99,8 +142,6 @@ def fast_descriptor(
 
 def preset_names() -> list[str]:
     """Every preset name ``descriptor_for`` knows: the paper's and ``fast``."""
-    from otf_flows.backends.gap import PRESETS  # here, not at the top: gap.py may import this module
-
     return [*PRESETS, "fast"]
 
 
@@ -116,8 +157,6 @@ def descriptor_for(preset: str, numbers: Iterable[int] | None = None) -> str:
         if numbers is None:
             raise ValueError("the fast preset is species-generic: pass the system's atomic numbers")
         return fast_descriptor(numbers)
-    from otf_flows.backends.gap import PRESETS  # here, not at the top: gap.py may import this module
-
     try:
         return PRESETS[preset]
     except KeyError:

@@ -1,4 +1,4 @@
-"""GAP as one entry of the ML-backend protocol (:mod:`otf_flows.backends.ml`).
+"""GAP as one entry of the ML-backend protocol (:mod:`otf_flows.ml.base`).
 
 Each fit runs ``gap_fit`` from scratch on all training data (the parent is not used), with up to
 two retries: a larger ``sparse_jitter``, then also fewer sparse points. Export writes a LAMMPS
@@ -12,9 +12,9 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from otf_flows.backends import gap
-from otf_flows.backends.ml import FitResult, pack_dir, unpack_dir
 from otf_flows.errors import FitFailedError, InputError
+from otf_flows.ml.base import FitResult, pack_dir, unpack_dir
+from otf_flows.ml.gap import fit as gap
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class GapBackend:
         return gap.gap_calculator(Path(model_dir) / self.model_file, cached=cached)
 
     def uncertainty(self, calc, settings):
-        """:class:`~otf_flows.backends.gap.GapUncertainty` of the Potential ``calc``."""
+        """:class:`~otf_flows.ml.gap.fit.GapUncertainty` of the Potential ``calc``."""
         return gap.GapUncertainty(calc, settings.measure)
 
     def threads(self, num_threads: int | None):

@@ -7,11 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-from otf_flows.backends.ml import get_backend
-from otf_flows.backends.ml_settings import GapModel
 from otf_flows.errors import InputError
 from otf_flows.frames import frame_to_atoms
 from otf_flows.jobs.fit import register_fit
+from otf_flows.md.state import state_from_doc
+from otf_flows.ml.gap.settings import GapModel
+from otf_flows.ml.registry import get_backend
 from otf_flows.schemas.documents import FrameDoc, ModelDoc
 
 
@@ -55,8 +56,6 @@ def export_model(store, model_id: str, dest: Path) -> list[Path]:
     ``units metal``, atom types in the order of the model's atomic numbers) into ``dest``."""
     from ase.data import chemical_symbols
     from ase.io import write
-
-    from otf_flows.jobs.reference import state_from_doc
 
     model = store.get_model(model_id)
     backend = get_backend(model.backend)

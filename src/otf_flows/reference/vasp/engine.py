@@ -13,7 +13,6 @@ import logging
 import os
 import shlex
 import shutil
-import time
 from contextlib import chdir as _chdir
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
-from otf_flows.backends.reference import Labels, run_command
-from otf_flows.backends.vasp_settings import VaspReference
-from otf_flows.errors import BackendUnavailableError, InputError, ReferenceFailedError
+from otf_flows.errors import BackendUnavailableError, InputError
+from otf_flows.labels import Labels
+from otf_flows.reference.base import label_with_retries, run_command
+from otf_flows.reference.vasp.settings import VaspReference
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,12 @@ class VaspEngine:
     def __init__(self, settings: VaspReference):
         self.settings = settings
 
+    @classmethod
+    def from_settings(cls, settings: VaspReference, omp_threads: int | None = None,
+                      cache_dir: Path | None = None) -> VaspEngine:
+        """The engine of a validated ``reference`` block (``omp_threads``, ``cache_dir``: unused)."""
+        return cls(settings)
+
     def check_available(self) -> None:
         """Raise :class:`BackendUnavailableError` unless VASP, POTCARs and atomate2 are here."""
         problems = []
@@ -195,25 +201,8 @@ class VaspEngine:
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
         order = grouped_order(frame.get_chemical_symbols())
 
-        last_error = "no attempt made"
-        for attempt in range(1, self.settings.retries + 2):
-            directory = workdir / f"attempt_{attempt}"
-            if directory.exists():  # left by an earlier call: its outputs must not be parsed
-                shutil.rmtree(directory)
-            directory.mkdir(parents=True)
-            start = time.perf_counter()
-            try:
-                labels = self._run(frame, order, directory)
-            except Exception as err:  # noqa: BLE001 - custodian, VASP and parsing errors are retried
-                last_error = _one_line(err)
-                logger.warning("vasp attempt %d in %s failed: %s", attempt, directory, last_error)
-                continue
-            labels.seconds = time.perf_counter() - start
-            labels.meta["attempts"] = attempt
-            return labels
-        raise ReferenceFailedError(
-            f"VASP single point failed after {self.settings.retries + 1} attempt(s) in {workdir}: {last_error}"
-        )
+        return label_with_retries(lambda n, directory: self._run(frame, order, directory),
+                                  retries=self.settings.retries, what="VASP single point", workdir=workdir)
 
     def _run(self, frame: Atoms, order: np.ndarray, directory: Path) -> Labels:
         """One attempt: atomate2's StaticMaker in ``directory``, then parse and convert."""
@@ -298,9 +287,3 @@ def _potcar_dir() -> str | None:
     import pymatgen.core
 
     return os.environ.get("PMG_VASP_PSP_DIR") or pymatgen.core.SETTINGS.get("PMG_VASP_PSP_DIR")
-
-
-def _one_line(err: BaseException) -> str:
-    """``Type: first line of the message`` of an exception."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -1,7 +1,7 @@
 """VASP reference settings (the YAML's ``reference: {engine: vasp, ...}`` block).
 
 Only pydantic here: :mod:`otf_flows.campaign` imports this module, the engine itself
-(:mod:`otf_flows.backends.vasp`) imports atomate2 lazily.
+(:mod:`otf_flows.reference.vasp.engine`) imports atomate2 lazily.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.reference.settings import kpoint_words
+from otf_flows.yaml_config import Strict
 
 __all__ = ["VaspReference"]
 
@@ -77,3 +78,12 @@ class VaspReference(Strict):
         if bad:
             raise ValueError(f"INCAR tags are upper case, got {bad}")
         return value
+
+    @staticmethod
+    def level_of_theory(reference: dict) -> list[str]:
+        """Words of the level of theory of stored settings: GGA tag, ENCUT, POTCAR functional (and spin,
+        k-points when set)."""
+        parts = [reference.get("gga"), f"ENCUT {reference.get('encut_eV'):g} eV", reference.get("potcar_functional")]
+        if reference.get("spin_polarized"):
+            parts.append("spin")
+        return [*parts, *kpoint_words(reference.get("kpoints"))]

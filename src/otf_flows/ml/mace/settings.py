@@ -1,7 +1,7 @@
-"""ML model settings (the YAML's ``model: {backend: gap|mace, ...}`` block), one schema per backend.
+"""MACE model settings (the YAML's ``model: {backend: mace, ...}`` block).
 
-Only pydantic here: :mod:`otf_flows.campaign` imports this module; the backends themselves
-(:mod:`otf_flows.backends.gap`, :mod:`otf_flows.backends.mace`) import quippy and torch lazily.
+Only pydantic here: :mod:`otf_flows.campaign` imports this module; the backend
+(:mod:`otf_flows.ml.mace.backend`) imports torch lazily.
 """
 
 from __future__ import annotations
@@ -11,28 +11,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.yaml_config import Strict
 
-__all__ = ["GapModel", "MaceModel"]
+__all__ = ["MaceModel"]
 
 _SYMBOL = re.compile(r"^[A-Z][a-z]?$")
-
-
-class GapModel(Strict):
-    """GAP via quippy-ase's ``gap_fit``: each fit is from scratch on all training data; the fit
-    settings are in the ``refit`` block (default_sigma, descriptor_str, extra_gap_opts, e0)."""
-
-    backend: Literal["gap"] = Field("gap", description="ML backend; GAP via quippy-ase's gap_fit.")
-    preset: Literal["fast", "default", "l-si", "al2o3", "a-c"] = Field(
-        "fast", description="Descriptor preset used when refit.descriptor_str is null: 'fast' (species-generic "
-        "soap_turbo + 5 Å two-body, our own; the lowest force error of the presets at ~1/4.8 of l-si's cost, "
-        "benchmarks/README.md, GAP presets), 'default' (the cheapest: a small SOAP), or the paper's Table II "
-        "presets 'l-si', 'al2o3', 'a-c'."
-    )
-    num_threads: int | None = Field(None, ge=1, description="OpenMP threads of gap_fit and quip (default: all).")
-    initial_model: str | None = Field(
-        None, description="Start from this stored model id instead of a first fit (with num_initial_steps 0)."
-    )
 
 
 class MaceModel(Strict):

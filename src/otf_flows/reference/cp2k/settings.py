@@ -1,7 +1,7 @@
 """CP2K reference settings (the YAML's ``reference: {engine: cp2k, ...}`` block).
 
 Only pydantic here: :mod:`otf_flows.campaign` imports this module, the engine itself
-(:mod:`otf_flows.backends.cp2k`) imports atomate2 lazily.
+(:mod:`otf_flows.reference.cp2k.engine`) imports atomate2 lazily.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from otf_flows._config_base import Strict
+from otf_flows.reference.settings import kpoint_words
+from otf_flows.yaml_config import Strict
 
 __all__ = ["Cp2kReference"]
 
@@ -134,3 +135,16 @@ class Cp2kReference(Strict):
         if self.rel_cutoff_Ry >= self.cutoff_Ry:
             raise ValueError(f"rel_cutoff_Ry ({self.rel_cutoff_Ry}) must be < cutoff_Ry ({self.cutoff_Ry})")
         return self
+
+    @staticmethod
+    def level_of_theory(reference: dict) -> list[str]:
+        """Words of the level of theory of stored settings: functional, basis set, potential, cutoff (and
+        per-element basis sets, smearing, UKS, k-points when set)."""
+        parts = [reference.get("xc_functional"), reference.get("basis_set"), reference.get("potential"),
+                 f"{reference.get('cutoff_Ry'):g} Ry"]
+        parts += [f"{e}:{b}" for e, b in sorted((reference.get("basis_set_by_element") or {}).items())]
+        if reference.get("electronic_temperature_K"):
+            parts.append(f"smearing {reference['electronic_temperature_K']:g} K")
+        if reference.get("uks"):
+            parts.append("UKS")
+        return [*parts, *kpoint_words(reference.get("kpoints"))]

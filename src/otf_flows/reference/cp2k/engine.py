@@ -9,7 +9,7 @@ instead of every second (see ``benchmarks/engine_overhead.py``). Consecutive fra
 reference-driven MD can start their SCF from the previous frame's wavefunction
 (:meth:`Cp2kEngine.label`'s ``restart``). Units are converted here, once: the task document gives
 energies in eV but forces in Hartree/Bohr and the stress in GPa with CP2K's sign (positive
-under compression); :class:`~otf_flows.backends.reference.Labels` hold eV, eV/Å and the
+under compression); :class:`~otf_flows.reference.base.Labels` hold eV, eV/Å and the
 virial in eV.
 """
 
@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import chdir as _chdir
 from pathlib import Path
@@ -33,17 +32,19 @@ from typing import Any
 import numpy as np
 import yaml
 from ase import Atoms, units
+from ase.geometry import find_mic
 
-from otf_flows.backends.cp2k_env import (
+from otf_flows.errors import BackendUnavailableError, ConfigError, InputError
+from otf_flows.labels import Labels
+from otf_flows.reference.base import label_with_retries, run_command
+from otf_flows.reference.cp2k.env import (
     cp2k_environment,
     cp2k_program,
     ensure_pmg_cp2k_data,
     find_cp2k,
     find_cp2k_data,
 )
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.reference import Labels, run_command
-from otf_flows.errors import BackendUnavailableError, ConfigError, InputError, ReferenceFailedError
+from otf_flows.reference.cp2k.settings import Cp2kReference
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ class Cp2kEngine:
         self.omp_threads = omp_threads or settings.omp_threads
         self.cache_dir = cache_dir
 
+    @classmethod
+    def from_settings(cls, settings: Cp2kReference, omp_threads: int | None = None,
+                      cache_dir: Path | None = None) -> Cp2kEngine:
+        """The engine of a validated ``reference`` block."""
+        return cls(settings, omp_threads=omp_threads, cache_dir=cache_dir)
+
     @property
     def command(self) -> str:
         """``reference.cp2k_cmd`` with ``{ntasks}``/``{nodes}`` of this allocation filled in."""
@@ -151,33 +158,17 @@ class Cp2kEngine:
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
 
         wfn = reusable_wavefunction(restart, frame)
-        last_error = "no attempt made"
-        for attempt in range(1, self.settings.retries + 2):
-            directory = workdir / f"attempt_{attempt}"
-            if directory.exists():  # left by an earlier call: its outputs must not be parsed
-                shutil.rmtree(directory)
-            directory.mkdir(parents=True)
-            start = time.perf_counter()
-            restarted = None
-            if wfn is not None and attempt == 1:
-                restarted = _copy_wavefunction(wfn, directory)
-            try:
-                labels = self._run(frame, directory, command, user_settings, data_dir)
-            except (BackendUnavailableError, InputError):
-                raise
-            except Exception as err:  # noqa: BLE001 - custodian, CP2K and parsing errors are retried
-                last_error = _one_line(err)
-                logger.warning("cp2k attempt %d in %s failed: %s", attempt, directory, last_error)
-                continue
-            labels.seconds = time.perf_counter() - start
-            labels.meta["attempts"] = attempt
+
+        def attempt(n: int, directory: Path) -> Labels:
+            restarted = _copy_wavefunction(wfn, directory) if wfn is not None and n == 1 else None
+            labels = self._run(frame, directory, command, user_settings, data_dir)
             labels.meta["wfn_restart"] = restarted
             # the start of the SCF is an input too: the stored provenance says which
             labels.meta["input_settings"]["wfn_restart"] = restarted
             return labels
-        raise ReferenceFailedError(
-            f"CP2K single point failed after {self.settings.retries + 1} attempt(s) in {workdir}: {last_error}"
-        )
+
+        return label_with_retries(attempt, retries=self.settings.retries, what="CP2K single point", workdir=workdir,
+                                  fatal=(BackendUnavailableError, InputError))
 
     def _run(self, frame: Atoms, directory: Path, command: str, user_settings: dict, data_dir: Path) -> Labels:
         """One attempt: atomate2's StaticMaker in ``directory``, then parse and convert."""
@@ -238,8 +229,7 @@ def reusable_wavefunction(restart: tuple[Atoms, Labels] | None, frame: Atoms) ->
         return None
     delta = frame.positions - previous.positions
     if frame.pbc.all():
-        scaled = np.linalg.solve(frame.cell.array.T, delta.T).T
-        delta = (scaled - np.round(scaled)) @ frame.cell.array
+        delta, _ = find_mic(delta, frame.cell, pbc=True)
     if np.linalg.norm(delta, axis=1).max() >= RESTART_MAX_DISPLACEMENT_A:
         return None
     for name in (_WFN, f"{_WFN}.gz"):
@@ -518,9 +508,3 @@ def _merge(base: dict, updates: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-def _one_line(err: BaseException) -> str:
-    """``Type: first line of the message`` of an exception."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -3,7 +3,7 @@
 A backend fits a model directory from labelled frames (optionally continuing from a parent's
 directory), turns a model directory into an ASE calculator (energy, forces, stress), may give
 an uncertainty probe for the ML-MD trigger, and exports a model for stand-alone ASE and LAMMPS
-use. Jobs, validation and :mod:`otf_flows.models` speak only this protocol; the store keeps a
+use. Jobs, validation and :mod:`otf_flows.fit_export` speak only this protocol; the store keeps a
 model directory as a tar.gz archive (:func:`pack_dir`, :func:`unpack_dir`). Heavy imports
 (quippy, torch) live inside the backends.
 """
@@ -19,20 +19,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from ase import Atoms
 
-from otf_flows.errors import ConfigError
+__all__ = ["UNCERTAINTY_MEASURES", "FitResult", "MLBackend", "UncertaintyProbe", "pack_dir", "uncertainty_measure",
+           "unpack_dir"]
 
-__all__ = ["BACKENDS", "ENERGY_KEY", "FORCES_KEY", "VIRIAL_KEY", "FitResult", "MLBackend", "UncertaintyProbe",
-           "get_backend", "pack_dir", "unpack_dir"]
+UNCERTAINTY_MEASURES = ("max_local", "mean_local", "total")
+"""How a frame's local-energy variances var_i become one number (eV): ``max_local`` =
+sqrt(max_i var_i), ``mean_local`` = mean_i sqrt(var_i), ``total`` = sqrt(sum_i var_i)."""
 
-ENERGY_KEY = "REF_energy"
-FORCES_KEY = "REF_forces"
-VIRIAL_KEY = "REF_virial"
-"""Keys of the reference labels in training structures (``info``/``arrays``), for every backend."""
 
-BACKENDS = ("gap", "mace")
-"""Names ``model.backend`` may take."""
+def uncertainty_measure(variance, measure: str = "max_local") -> float:
+    """One uncertainty (eV) of a frame from its local-energy variances (:data:`UNCERTAINTY_MEASURES`).
+
+    Examples
+    --------
+    >>> [round(uncertainty_measure([0.01, 0.04], m), 3) for m in UNCERTAINTY_MEASURES]
+    [0.2, 0.15, 0.224]
+    """
+    var = np.clip(np.asarray(variance, dtype=float), 0.0, None)
+    if measure == "max_local":
+        return float(np.sqrt(var.max()))
+    if measure == "mean_local":
+        return float(np.mean(np.sqrt(var)))
+    if measure == "total":
+        return float(np.sqrt(var.sum()))
+    raise ValueError(f"unknown uncertainty measure {measure!r}; allowed: {', '.join(UNCERTAINTY_MEASURES)}")
 
 
 @dataclass
@@ -130,17 +143,3 @@ def unpack_dir(data: bytes, dest: Path) -> Path:
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def get_backend(name: str) -> MLBackend:
-    """The backend called ``name`` (``model.backend``; ``ModelDoc.backend`` of a stored model)."""
-    if name == "gap":
-        from otf_flows.backends.gap_backend import GapBackend
-
-        return GapBackend()
-    if name == "mace":
-        from otf_flows.backends.mace import MaceBackend
-
-        return MaceBackend()
-    raise ConfigError(f"model.backend: {name!r} is not one of {', '.join(BACKENDS)}")
-

@@ -1,8 +1,10 @@
 """Base class of every configuration model (unknown keys, booleans given as numbers and integers
-the store cannot hold are errors) and the YAML loader of configuration files."""
+the store cannot hold are errors), the YAML loader of configuration files, and what every reader of
+configuration shares: a pydantic error as one line, a relative path made absolute."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
@@ -130,3 +132,36 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(text: str) -> Any:
     """Parse YAML text with :class:`UniqueKeyLoader`; raises ``yaml.YAMLError``."""
     return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+INTERNAL_LOC = ("function-", "tagged-union", "Ase", "Cp2k", "Vasp", "StructureFile", "StructureBuilder",
+                "StructureAtoms")
+"""Starts of entries of a pydantic error location that name no key of the YAML (validators, union members)."""
+
+
+def error_line(err: ValidationError, where: str = "", *, skip: int = 0, got: bool = False) -> str:
+    """The first error of ``err`` as one line: ``where.key.path: message`` (and ``(got value)`` with ``got``).
+
+    Parameters
+    ----------
+    err
+        A pydantic validation error.
+    where
+        What was validated (``"refit"``, ``"reference_maker"``); empty: the location alone.
+    skip
+        Leading entries of the error's location to leave out (e.g. a tagged union's tag).
+    got
+        Append the refused value (not for a mapping).
+    """
+    e = err.errors()[0]
+    loc = [str(x) for x in e["loc"][skip:] if not str(x).startswith(INTERNAL_LOC)]
+    path = ".".join(p for p in (where, *loc) if p)
+    message = e["msg"].removeprefix("Value error, ")
+    if got and "input" in e and not isinstance(e["input"], dict):
+        message += f" (got {e['input']!r})"
+    return f"{path}: {message}" if path else message
+
+
+def absolute_path(path: str | Path, base: str | Path) -> str:
+    """``path`` made absolute against the directory ``base`` (an absolute ``path`` stays), resolved."""
+    return str((Path(base) / path).resolve())

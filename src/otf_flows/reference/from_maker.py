@@ -9,7 +9,7 @@
 - a reference block: :class:`~otf_flows.campaign.AseReference`, :class:`Cp2kReference`,
   :class:`VaspReference`, or the YAML's mapping.
 
-The engines of :mod:`otf_flows.backends.reference` build their own atomate2 ``StaticMaker`` for
+The engines of :mod:`otf_flows.reference.base` build their own atomate2 ``StaticMaker`` for
 every label (with the project's fast MD-checking defaults), so a Maker is mapped onto their
 settings, exactly where it can be, and refused where it cannot:
 
@@ -43,10 +43,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from otf_flows.backends.cp2k_settings import Cp2kReference
-from otf_flows.backends.vasp_settings import VaspReference
-from otf_flows.campaign import AseReference, ReferenceSettings
 from otf_flows.errors import ConfigError
+from otf_flows.reference.cp2k.settings import Cp2kReference
+from otf_flows.reference.registry import ReferenceSettings
+from otf_flows.reference.settings import AseReference
+from otf_flows.reference.vasp.settings import VaspReference
+from otf_flows.yaml_config import error_line
 
 __all__ = ["reference_from_maker"]
 
@@ -76,10 +78,8 @@ def reference_from_maker(reference: Any) -> AseReference | Cp2kReference | VaspR
         data = {"engine": "ase", **reference}
         try:
             return TypeAdapter(ReferenceSettings).validate_python(data)
-        except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(str(x) for x in e["loc"][1:]) or "reference_maker"
-            raise ConfigError(f"reference_maker: {where}: {e['msg'].removeprefix('Value error, ')}") from None
+        except ValidationError as err:  # the location's first entry is the engine (the union's tag)
+            raise ConfigError(f"reference_maker: {error_line(err, skip=1)}") from None
     module = type(reference).__module__ or ""
     if module.startswith("atomate2.cp2k") or _is_maker_of(reference, "atomate2.cp2k.jobs.base", "BaseCp2kMaker"):
         return _from_cp2k_maker(reference)
@@ -156,7 +156,7 @@ def _check_maker(maker, generator_cls, generator_fields: set[str], run_key: str,
         raise ConfigError(
             f"reference_maker: {', '.join(problems)} cannot be carried over to the {kind} reference engine (it takes "
             f"{', '.join(sorted(generator_fields))} and {run_key} {', '.join(sorted(run_allowed))}; see "
-            "otf_flows.backends.makers)"
+            "otf_flows.reference.from_maker)"
         )
 
 
@@ -181,9 +181,7 @@ def _validated(cls, fields: dict):
     try:
         return cls(**fields)
     except ValidationError as err:
-        e = err.errors()[0]
-        raise ConfigError(f"reference_maker: {'.'.join(str(x) for x in e['loc'])}: "
-                          f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})") from None
+        raise ConfigError(error_line(err, "reference_maker", got=True)) from None
 
 
 def _from_cp2k_maker(maker) -> Cp2kReference:

@@ -15,59 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from ase import Atoms
 from ase.io import write
 
-from otf_flows.backends.ml import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, FitResult, pack_dir, unpack_dir
 from otf_flows.errors import BackendUnavailableError, ConfigError, FitFailedError
+from otf_flows.labels import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
+from otf_flows.ml.base import UNCERTAINTY_MEASURES, FitResult, pack_dir, uncertainty_measure, unpack_dir
+from otf_flows.ml.gap import presets as gap_presets
 
 logger = logging.getLogger(__name__)
-
-_SOAP = (
-    "soap l_max={l_max} n_max={n_max} atom_sigma={atom_sigma} cutoff={cutoff} cutoff_transition_width=1.0 "
-    "central_weight=1.0 delta={delta} covariance_type=dot_product zeta=4 n_sparse={n_sparse} "
-    "sparse_method=cur_points add_species=T"
-)
-_TWO_BODY = (
-    "distance_2b cutoff={cutoff} cutoff_transition_width=1.0 covariance_type=ard_se delta={delta} "
-    "theta_uniform=1.0 sparse_method=uniform n_sparse={n_sparse} add_species=T"
-)
-_THREE_BODY = (
-    "angle_3b cutoff={cutoff} cutoff_transition_width=0.5 covariance_type=ard_se delta={delta} "
-    "theta_fac=0.5 sparse_method=uniform n_sparse={n_sparse} add_species=T"
-)
-
-#: Descriptor presets; l-si, al2o3 and a-c follow Table II of the paper.
-PRESETS: dict[str, str] = {
-    "default": " : ".join(
-        [
-            _TWO_BODY.format(cutoff=4.5, delta=0.5, n_sparse=15),
-            _SOAP.format(l_max=3, n_max=6, atom_sigma=0.5, cutoff=4.0, delta=0.1, n_sparse=100),
-        ]
-    ),
-    "l-si": " : ".join(
-        [
-            _TWO_BODY.format(cutoff=10.0, delta=1.0, n_sparse=30),
-            _SOAP.format(l_max=4, n_max=12, atom_sigma=0.5, cutoff=5.0, delta=0.1, n_sparse=500),
-        ]
-    ),
-    "al2o3": " : ".join(
-        [
-            _TWO_BODY.format(cutoff=4.5, delta=1.0, n_sparse=20),
-            _SOAP.format(l_max=4, n_max=8, atom_sigma=0.4, cutoff=3.5, delta=0.1, n_sparse=1000),
-        ]
-    ),
-    "a-c": " : ".join(
-        [
-            _TWO_BODY.format(cutoff=3.7, delta=2.0, n_sparse=15),
-            _THREE_BODY.format(cutoff=3.0, delta=0.5, n_sparse=50),
-            _SOAP.format(l_max=8, n_max=8, atom_sigma=0.5, cutoff=3.7, delta=0.1, n_sparse=200),
-        ]
-    ),
-}
-
-
 
 def descriptor_for(preset: str, descriptor_str: str | None = None, numbers=None) -> str:
     """The gap_fit descriptor string of a fit: ``descriptor_str`` when given, else ``preset``'s.
@@ -75,8 +31,6 @@ def descriptor_for(preset: str, descriptor_str: str | None = None, numbers=None)
     ``numbers`` are the atomic numbers of the training data (for species-generic presets).
     The one place where a preset name becomes a descriptor string.
     """
-    from otf_flows.backends import gap_presets
-
     if descriptor_str:
         return descriptor_str
     try:
@@ -289,29 +243,6 @@ def quip_threads(num_threads: int | None) -> Iterator[None]:
 
     with threadpool_limits(limits=num_threads):
         yield
-
-
-UNCERTAINTY_MEASURES = ("max_local", "mean_local", "total")
-"""How a frame's local-energy variances var_i become one number (eV): ``max_local`` =
-sqrt(max_i var_i), ``mean_local`` = mean_i sqrt(var_i), ``total`` = sqrt(sum_i var_i)."""
-
-
-def uncertainty_measure(variance, measure: str = "max_local") -> float:
-    """One uncertainty (eV) of a frame from its local-energy variances (:data:`UNCERTAINTY_MEASURES`).
-
-    Examples
-    --------
-    >>> [round(uncertainty_measure([0.01, 0.04], m), 3) for m in UNCERTAINTY_MEASURES]
-    [0.2, 0.15, 0.224]
-    """
-    var = np.clip(np.asarray(variance, dtype=float), 0.0, None)
-    if measure == "max_local":
-        return float(np.sqrt(var.max()))
-    if measure == "mean_local":
-        return float(np.mean(np.sqrt(var)))
-    if measure == "total":
-        return float(np.sqrt(var.sum()))
-    raise ValueError(f"unknown uncertainty measure {measure!r}; allowed: {', '.join(UNCERTAINTY_MEASURES)}")
 
 
 class GapUncertainty:

@@ -1,4 +1,4 @@
-"""MACE models (mace-torch, CPU) behind the ML-backend protocol (:mod:`otf_flows.backends.ml`).
+"""MACE models (mace-torch, CPU) behind the ML-backend protocol (:mod:`otf_flows.ml.base`).
 
 The first fit trains a small MACE from scratch (or from the local file ``model.foundation_model``);
 each later fit fine-tunes the parent model's weights on all current training frames, as
@@ -36,9 +36,9 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from ase.io import write
 
-from otf_flows.backends.gap import UNCERTAINTY_MEASURES, uncertainty_measure
-from otf_flows.backends.ml import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY, FitResult, pack_dir, unpack_dir
 from otf_flows.errors import BackendUnavailableError, FitFailedError
+from otf_flows.labels import ENERGY_KEY, FORCES_KEY, VIRIAL_KEY
+from otf_flows.ml.base import UNCERTAINTY_MEASURES, FitResult, pack_dir, uncertainty_measure, unpack_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def mace_train_command(train_file: str, model, *, start: str | None = None, fine
 
     Examples
     --------
-    >>> from otf_flows.backends.ml_settings import MaceModel
+    >>> from otf_flows.ml.gap.settings import MaceModel
     >>> cmd = mace_train_command("train.xyz", MaceModel(backend="mace"), python="python")
     >>> cmd[:3], "--max_num_epochs=60" in cmd, "--E0s=average" in cmd
     (['python', '-m', 'mace.cli.run_train'], True, True)
@@ -292,7 +292,7 @@ _CALCULATORS: dict[str, object] = {}
 class MaceCommitteeUncertainty:
     """A MACE committee's predicted error of a frame (eV): the standard deviation over the members
     (population, as mace's ``energy_var``) of each atom's local energy (the models' ``node_energy``),
-    reduced to one number by ``measure`` as for GAP (:func:`~otf_flows.backends.gap.uncertainty_measure`:
+    reduced to one number by ``measure`` as for GAP (:func:`~otf_flows.ml.base.uncertainty_measure`:
     ``max_local`` = the largest, ``mean_local`` = the mean, ``total`` = sqrt of the summed variances).
 
     The extra members run only in :meth:`value`, i.e. at the frames where the uncertainty is measured,
@@ -393,7 +393,7 @@ def _run_members(jobs: list[tuple[list[str], Path]], num_threads: int | None) ->
         env["OMP_NUM_THREADS"] = str(num_threads)
     log = jobs[0][1] / "members.log"
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-c", "from otf_flows.backends.mace import _train_members_main as m; m()",
+        proc = subprocess.run([sys.executable, "-c", "from otf_flows.ml.mace.backend import _train_members_main as m; m()",
                                str(spec)], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                               check=False)
     out = []

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from otf_flows.walkers import walker_configs
-
+from otf_flows import progress
+from otf_flows.campaign import json_schema
 from otf_flows.commands import (
     JsonOpt,
     StoreOpt,
@@ -25,13 +25,17 @@ from otf_flows.commands import (
     require_walker,
     walker_rows,
 )
+from otf_flows.flows.lifecycle import prepare_campaign
+from otf_flows.flows.maker import OtfMDMaker
+from otf_flows.managers.allocation import allocation_rows, allocations
+from otf_flows.managers.local import run_campaign
+from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
+from otf_flows.walkers import walker_configs
 
 
 @app.command()
 def schema() -> None:
     """Print the campaign YAML's JSON Schema."""
-    from otf_flows.campaign import json_schema
-
     sys.stdout.write(json_schema() + "\n")
 
 
@@ -61,10 +65,6 @@ def run(
     jobs and exits with code 3: continue with `otf run CONFIG --resume` (otf submit --batch
     scripts do). A second SIGTERM abandons the running job at once.
     """
-    from otf_flows import OtfMDMaker, progress
-    from otf_flows.managers.local import prepare_campaign, run_campaign
-    from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
-
     cfg = OtfMDMaker.from_yaml(config).campaign_config()  # the settings an OtfMDMaker of this YAML carries
     if cache_dir is not None:  # stored with the campaign: its jobs read it from there
         cfg.execution.cache_dir = str(cache_dir.resolve())
@@ -341,7 +341,6 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
         })
     chain = []
     if campaign:  # allocation mode: the batch allocations that ran the campaign
-        from otf_flows.managers.allocation import allocation_rows, allocations
 
         chain = allocation_rows(allocations(st, campaign))
         rows[0]["allocations"] = chain
