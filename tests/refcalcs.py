@@ -52,7 +52,7 @@ class SrunEMT(EMT):
         import shlex
         import subprocess
 
-        from otf_flows.backends.reference import run_command
+        from otf_flows.reference.base import run_command
 
         super().calculate(atoms, properties, system_changes)
         command = shlex.split(run_command("srun --exclusive -n {ntasks} printenv SLURM_STEP_ID", "test"))
