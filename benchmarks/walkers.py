@@ -247,8 +247,8 @@ def summarise(per_seed: list[dict]) -> dict:
     for key in ["walkers", *walkers]:
         errors[key] = {t: {m: float(np.mean([s["test"][key][t][m] for s in per_seed]))
                            for m in ("force_rmse", "energy_rmse_per_atom")} for t in walkers}
-    rmse = {w: {"walkers": errors["walkers"][w]["force_rmse"], "separate": errors[w]["force_rmse"],
-                "ratio": errors["walkers"][w]["force_rmse"] / errors[w]["force_rmse"],
+    rmse = {w: {"walkers": errors["walkers"][w]["force_rmse"], "separate": errors[w][w]["force_rmse"],
+                "ratio": errors["walkers"][w]["force_rmse"] / errors[w][w]["force_rmse"],
                 "ratio_per_seed": [s["test"]["walkers"][w]["force_rmse"] / s["test"][w][w]["force_rmse"]
                                    for s in per_seed]} for w in walkers}
     for v in rmse.values():
