@@ -41,8 +41,8 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, command_line, header, machine, parser, table, workdir, write_results  # noqa: E402
-from hidden_error import (  # noqa: E402
+from _common import HERE, command_line, header, machine, parser, table, workdir, write_results
+from hidden_error import (
     _set,
     frame_errors,
     outside,
@@ -96,9 +96,10 @@ def walkers_config(seed: int, steps: int, workers: int = 1) -> dict:
 
 # ----------------------------------------------------------------------------- one campaign
 def run_campaign(data: dict, store_dir: Path) -> tuple[dict, object, object]:
-    """Run one campaign; its summary, per-walker (or whole-trajectory) frame errors, the store and config."""
+    """Run one campaign; its summary (with the frames outside per walker), its store and its configuration."""
     from otf_flows.campaign import config_from_dict
-    from otf_flows.managers.local import prepare_campaign, run_campaign as run
+    from otf_flows.managers.local import prepare_campaign
+    from otf_flows.managers.local import run_campaign as run
     from otf_flows.store import OtfStore
     from otf_flows.trajectory import trajectory_frames
     from otf_flows.walkers import names
@@ -307,8 +308,8 @@ def markdown(res: dict, info: dict, wall: float) -> str:
                      "–" if f["met"] is None else ("met" if f["met"] else "not met")])
     lines.append(table(["temperature", "walker: outside per seed", "mean", "separate: outside per seed", "mean",
                         "walker − separate", "seed-to-seed spread", "target"], rows))
-    lines += ["", "Errors of each final model on reference-driven MD frames of every temperature (mean over seeds; "
-              "force RMSE eV/Å over components / energy RMSE meV/atom):", ""]
+    lines += ["", ("Errors of each final model on reference-driven MD frames of every temperature (mean over seeds; "
+                   "force RMSE eV/Å over components / energy RMSE meV/atom):"), ""]
     rows = []
     for key in ["walkers", *walkers]:
         label = "walker campaign (one model)" if key == "walkers" else f"separate {key}"
@@ -318,8 +319,8 @@ def markdown(res: dict, info: dict, wall: float) -> str:
     rows = [[w, f"{v['walkers']:.3f}", f"{v['separate']:.3f}", f"{v['ratio']:.2f}",
              " / ".join(f"{x:.2f}" for x in v["ratio_per_seed"]), "met" if v["met"] else "not met"]
             for w, v in s["force_rmse_own_temperature"].items()]
-    lines += ["", "Force RMSE on each temperature: the walker campaign's one model against the separate model "
-              "of that temperature (target ≤ 1.2×):", ""]
+    lines += ["", ("Force RMSE on each temperature: the walker campaign's one model against the separate model "
+                   "of that temperature (target ≤ 1.2×):"), ""]
     lines.append(table(["temperature", "one model", "separate model", "ratio", "per seed", "target"], rows))
     w = s["workers"]
     if w:
