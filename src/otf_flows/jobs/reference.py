@@ -193,7 +193,7 @@ class InitialMDMaker(Maker):
         config = walker_config(config, self.walker)
         n = config.num_initial_steps
         start_id = state_id(track(campaign, self.walker), n, None)
-        imported = import_previous_data(st, config, campaign)
+        imported = import_previous_data(st, config.refit, config.model.initial_model, campaign)
         existing = st.find_state(start_id)
         if existing is None:
             atoms = build_structure(config.structure)
