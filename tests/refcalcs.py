@@ -37,3 +37,26 @@ class TasksEMT(EMT):
         super().calculate(atoms, properties, system_changes)
         with open(self.log, "a") as fh:
             fh.write(run_command("{ntasks}", "test") + "\n")
+
+
+class SrunEMT(EMT):
+    """EMT that, at each labelling, also runs ``srun --exclusive -n {ntasks} printenv SLURM_STEP_ID`` — a job step
+    of the batch allocation with this process's share of its tasks, as ``cp2k_cmd: "srun --exclusive -n {ntasks}
+    cp2k.psmp"`` would — and appends ``<{ntasks}> <tasks the step ran> <step id>`` to the file ``log``."""
+
+    def __init__(self, log: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.log = log
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        import shlex
+        import subprocess
+
+        from otf_flows.reference.base import run_command
+
+        super().calculate(atoms, properties, system_changes)
+        command = shlex.split(run_command("srun --exclusive -n {ntasks} printenv SLURM_STEP_ID", "test"))
+        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+        steps = out.stdout.split()
+        with open(self.log, "a") as fh:
+            fh.write(f"{command[3]} {len(steps)} {steps[0]}\n")

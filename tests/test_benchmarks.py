@@ -197,3 +197,26 @@ def test_gap_presets_quick(tmp_path):
             t = study["target"]
             assert t["speedup_vs_l_si"] == pytest.approx(rows["l-si"]["ms_per_atom"] / rows["fast"]["ms_per_atom"])
             assert t["met"] == (t["speedup_vs_l_si"] >= 3 and t["force_rmse_ratio_vs_l_si"] <= 1.15)
+
+
+def test_walkers_quick(tmp_path):
+    data = run_quick("walkers.py", tmp_path, timeout=1800)
+    assert (tmp_path / "walkers_quick.png").stat().st_size > 0
+    (seed,) = data["per_seed"]
+    walkers = ["T1200", "T1800", "T2400"]
+    assert set(seed["runs"]) == {"walkers", *walkers}
+    for key, run in seed["runs"].items():
+        assert run["status"] == "completed" and run["dft_calls"] > 0 and run["lineage_length"] == run["models"]
+        assert set(run["outside"]) == (set(walkers) if key == "walkers" else {"-"})
+        for o in run["outside"].values():
+            assert o["frames"] > 0 and 0 <= o["fraction_outside"] <= 1
+        for t in walkers:  # every final model on reference MD of every temperature
+            assert _positive(seed["test"][key][t]["force_rmse"]) and seed["test"][key][t]["frames"] > 0
+    s = data["summary"]
+    assert s["dft"]["walkers_per_seed"] == [seed["runs"]["walkers"]["dft_calls"]]
+    assert s["dft"]["separate_per_seed"] == [sum(seed["runs"][w]["dft_calls"] for w in walkers)]
+    assert math.isclose(s["dft"]["ratio"], s["dft"]["walkers_per_seed"][0] / s["dft"]["separate_per_seed"][0])
+    assert all(s["fraction_outside"][w]["spread"] is None for w in walkers)  # one seed: no spread
+    assert all(isinstance(v["met"], bool) for v in s["force_rmse_own_temperature"].values())
+    w = s["workers"]
+    assert w["workers1_wall_s"] > 0 and w["workers2_wall_s"] > 0 and w["workers2_dft_calls"] > 0

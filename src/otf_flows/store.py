@@ -241,6 +241,11 @@ class OtfStore:
         self.collection("walkers").update(doc.model_dump(mode="json"), key="walker_id")
         return doc
 
+    def campaign_step(self, doc: CampaignDoc) -> int:
+        """MD steps the campaign has reached: its step, or the sum of its walkers' steps."""
+        walkers = self.walkers(doc.name)
+        return sum(w.step for w in walkers) if walkers else doc.step
+
     def walkers(self, campaign: str) -> list[WalkerDoc]:
         """Progress documents of a campaign's walkers ([] for a campaign without walkers), by name."""
         docs = self.collection("walkers").query({"campaign": campaign})

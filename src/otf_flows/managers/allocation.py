@@ -218,7 +218,7 @@ def start_allocation(store, campaign: str, *, scheduler: str, job_id: str, chain
         allocation_id=f"{campaign}:alloc:{number:04d}", campaign=campaign, number=number, chain=chain,
         index=1 + sum(d.chain == chain for d in docs), max_allocations=max_allocations, scheduler=scheduler,
         job_id=job_id, host=host or socket.gethostname(), ntasks=ntasks,
-        log=str(Path(log_dir) / f"allocation-{number:03d}.log"), step_start=camp.step,
+        log=str(Path(log_dir) / f"allocation-{number:03d}.log"), step_start=store.campaign_step(camp),
     )
     _put(store, doc)
     return doc
@@ -261,7 +261,7 @@ def end_allocation(store, campaign: str, *, job_id: str, exit_code: int, signal:
     resubmit, reason = decide(exit_code, signal, camp.status, doc.index, doc.max_allocations)
     if camp.message and exit_code not in (0, EXIT_STOPPED):
         reason = f"{reason}: {camp.message}"
-    doc = doc.model_copy(update={"ended_at": now(), "exit_code": exit_code, "step_end": camp.step,
+    doc = doc.model_copy(update={"ended_at": now(), "exit_code": exit_code, "step_end": store.campaign_step(camp),
                                  "reason": reason, "resubmit": resubmit})
     _put(store, doc)
     return doc
