@@ -466,7 +466,7 @@ class LocalSettings(_Strict):
     workers: int = Field(
         1, ge=1, le=256, description="Walkers' chains run at once, each in a worker process (a campaign with "
         "walkers; 1: one job at a time, the walkers taking turns). Inside a batch allocation each concurrent DFT "
-        "job gets ntasks / workers MPI tasks ({ntasks} of the run command, docs/walkers.md); may change on --resume.",
+        "job gets ntasks / workers MPI tasks ({ntasks} of the run command, docs/tutorials/walkers.md); may change on --resume.",
     )
 
 
