@@ -378,7 +378,7 @@ def test_store_takes_n_walker_processes_writing_at_once(tmp_path):
     script = (
         "import sys\n"
         "from otf_flows.store import OtfStore\n"
-        "from otf_flows.flows.lineage import lease\n"
+        "from otf_flows.lineage import lease\n"
         "st = OtfStore(sys.argv[1]); w = sys.argv[2]\n"
         "for i in range(40):\n"
         "    st.update_walker('c', w, step=i, total_steps=40)\n"
@@ -420,7 +420,7 @@ def test_sigterm_with_workers_stops_resumably_then_more_steps(tmp_path):
 
 def test_lease_on_a_mongodb_store_is_exclusive():
     """The refit lease through MongoDB's code path (maggma MemoryStore): one holder at a time, a stale one taken."""
-    from otf_flows.flows import lineage
+    from otf_flows import lineage
 
     st = OtfStore("memory://lease-test")
     assert lineage.try_acquire(st, "c", holder="a")

@@ -171,6 +171,7 @@ class OtfStore:
             from jobflow import JobStore
 
             self._jobstore = JobStore(self.collection("jobs"), additional_stores={"data": self.collection("jobs_data")})
+            self._jobstore.otf_location = str(self.path) if self.kind == "embedded" else self.location
         return self._jobstore
 
     # ----------------------------------------------------------------- blobs

@@ -25,6 +25,7 @@ from otf_flows.commands import (
     require_walker,
     walker_rows,
 )
+from otf_flows.errors import InputError
 from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.flows.maker import OtfMDMaker
 from otf_flows.managers.allocation import allocation_rows, allocations
@@ -321,8 +322,6 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
     """Campaigns, progress and cost so far; a campaign with walkers also each walker's step, interval and checks."""
     st = open_store_arg(store)
     if walker is not None and campaign is None:
-        from otf_flows.errors import InputError
-
         raise InputError("--walker: give the CAMPAIGN too, e.g. `otf status NAME --walker W`")
     docs = [st.require_campaign(campaign)] if campaign else st.campaigns()
     if campaign:

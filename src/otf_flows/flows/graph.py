@@ -27,7 +27,7 @@ def job_config(config: CampaignConfig) -> CampaignConfig:
     return config if config.store is None else config.model_copy(update={"store": None})
 
 
-def campaign_flow(config: CampaignConfig, store: str, after=None) -> Flow:
+def campaign_flow(config: CampaignConfig, store: str | None, after=None) -> Flow:
     """The whole campaign from scratch: initial data, first fit (unless ``model.initial_model``), first iteration.
 
     ``after`` (an output reference) orders the initial job after another job, e.g. the one registering the campaign.
@@ -51,7 +51,7 @@ def campaign_flow(config: CampaignConfig, store: str, after=None) -> Flow:
     return Flow(jobs, name=f"otf campaign {campaign}")
 
 
-def resume_flow(doc: CampaignDoc, store: str) -> Flow:
+def resume_flow(doc: CampaignDoc, store: str | None) -> Flow:
     """Continue a campaign from its progress pointer in the store, with the settings stored in ``doc``
     (those of the resuming run: ``--resume`` stores the accepted changes before building this flow)."""
     config = job_config(CampaignConfig.model_validate(doc.config))

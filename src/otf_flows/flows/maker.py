@@ -44,6 +44,7 @@ from otf_flows.jobs.base import open_store
 from otf_flows.jobs.routing import route
 from otf_flows.reference.from_maker import reference_from_maker
 from otf_flows.store import OtfStore, resolve_location
+from otf_flows.settings import otf_settings
 from otf_flows.structures import structure_spec
 from otf_flows.walkers import WalkerGrid, WalkerSpec
 from otf_flows.yaml_config import absolute_path, error_line
@@ -88,8 +89,9 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
     structure
         Starting structure used when :meth:`make` gets none (a YAML's ``structure`` block).
     store
-        Store location (directory, ``mongodb://`` URI, ``memory://NAME``); ``OTF_STORE`` beats it,
-        None is ``./otf-store``. The jobs receive it as an argument, resolved when the flow is made.
+        Store location (directory, ``mongodb://`` URI, ``memory://NAME``); ``OTF_STORE`` beats it. The jobs
+        receive it as an argument, resolved when the flow is made. None (and no ``OTF_STORE``): each job uses
+        the store it runs in, as jobflow's jobs do (``run_locally(flow, store=OtfStore(LOCATION).jobstore)``).
     resume
         Continue the campaign of this name in the store (``otf run --resume``: only the
         settings the resume rules allow may differ); the campaign's jobs are then added by the
@@ -221,9 +223,11 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
             return structure
         return structure_spec(structure)
 
-    def location(self) -> str:
-        """The store location the jobs get: ``OTF_STORE``, else :attr:`store`, else ``./otf-store``,
-        a directory made absolute."""
+    def location(self) -> str | None:
+        """The store location the jobs get: ``OTF_STORE``, else :attr:`store`, a directory made absolute;
+        None without either: each job uses the store it runs in (``CURRENT_JOB.store``)."""
+        if not (otf_settings().store or self.store):
+            return None
         st = OtfStore(resolve_location(None, self.store))
         return str(st.path) if st.kind == "embedded" else st.location
 
@@ -268,7 +272,7 @@ class RegisterCampaignMaker(Maker):
     emit: bool = False
 
     @job
-    def make(self, store: str, structure=None):
+    def make(self, store: str | None, structure=None):
         config = self.otf.campaign_config(structure)
         st = open_store(store)
         flow = prepare_campaign(config, st, resume=self.otf.resume)

@@ -11,7 +11,7 @@ The chains are independent flows added by the "start walkers" job (``Response.ad
 FireWorks runs them on different workers and ``otf run`` with ``execution.local.workers`` > 1 in
 different processes (:func:`otf_flows.managers.local.run_flow`). They meet only in the store: every
 label joins the campaign's training set, refits take the campaign's lease
-(:mod:`otf_flows.flows.lineage`), and each segment starts with the campaign's newest model. Each
+(:mod:`otf_flows.lineage`), and each segment starts with the campaign's newest model. Each
 chain is built from its walker's progress document when the job runs, so a resumed campaign
 continues every walker where it stopped; the last walker to finish validates the final model.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from jobflow import Flow, Maker, Response, job
 
 from otf_flows.campaign import CampaignConfig
-from otf_flows.flows.lineage import current_model, lease_id
+from otf_flows.lineage import current_model, lease_id
 from otf_flows.jobs.base import job_settings
 from otf_flows.jobs.decide import WalkerEndMaker, final_jobs, iteration_flow
 from otf_flows.jobs.fit import RefitMaker

@@ -13,7 +13,7 @@ from otf_flows.campaign import CampaignConfig
 from otf_flows.checks import error_metrics, passes
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
-from otf_flows.flows.lineage import claim, current_model
+from otf_flows.lineage import claim, current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
@@ -27,7 +27,7 @@ from otf_flows.walkers import names as walker_names
 from otf_flows.walkers import track, walker_config
 
 
-def iteration_flow(config: CampaignConfig, store: str, state_id: str, model_id, step: int, interval: int,
+def iteration_flow(config: CampaignConfig, store: str | None, state_id: str, model_id, step: int, interval: int,
                    walker: str | None = None) -> Flow:
     """One iteration: ML-MD segment → reference check → compare + decide, each Maker carrying ``config``.
 
@@ -167,7 +167,7 @@ class FinishMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, model_id: str):
+    def make(self, campaign: str, store: str | None, model_id: str):
         st, _ = job_settings(self.config, campaign, store)
         st.update_campaign(campaign, status="completed", model_id=model_id, message=None)
         progress.emit("finished", model_id=model_id)
@@ -192,7 +192,7 @@ class DecideMaker(Maker):
     walker: str | None = None  # the walker whose check this is (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, segment: dict, check: dict, interval: int, n_steps: int):
+    def make(self, campaign: str, store: str | None, segment: dict, check: dict, interval: int, n_steps: int):
         st, shared = job_settings(self.config, campaign, store)  # shared: the campaign's, refits and validation
         config = walker_config(shared, self.walker)
         walker = self.walker

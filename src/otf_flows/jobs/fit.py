@@ -14,7 +14,7 @@ from otf_flows import progress
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import FitFailedError
 from otf_flows.faults import failpoint
-from otf_flows.flows.lineage import current_model, lease
+from otf_flows.lineage import current_model, lease
 from otf_flows.frames import frame_level_of_theory, frame_to_atoms
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.labels import VIRIAL_KEY
@@ -79,7 +79,7 @@ class RefitMaker(Maker):
     fit). ``after`` only orders the job after another job's output (the training data is
     read from the store). Rerunning the job returns the model already fitted for that trigger.
 
-    In a campaign with walkers the fit holds the campaign's refit lease (:mod:`otf_flows.flows.lineage`):
+    In a campaign with walkers the fit holds the campaign's refit lease (:mod:`otf_flows.lineage`):
     one refit at a time, the parent is the campaign's newest model, and a refit whose trigger label
     is in the newest model already (fitted while this one waited) fits nothing: it answers with that model.
     """
@@ -92,7 +92,7 @@ class RefitMaker(Maker):
     def make(
         self,
         campaign: str,
-        store: str,
+        store: str | None,
         parent_model_id: str | None = None,
         trigger_check_id: str | None = None,
         after=None,

@@ -10,7 +10,7 @@ from otf_flows import progress
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import ConfigError
 from otf_flows.faults import failpoint
-from otf_flows.flows.lineage import current_model
+from otf_flows.lineage import current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.routing import omp_threads
 from otf_flows.md.guard import make_guard
@@ -36,7 +36,7 @@ class MDSegmentMaker(Maker):
     walker: str | None = None  # the walker whose trajectory continues (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, start_state_id: str, model_id: str, n_steps: int):
+    def make(self, campaign: str, store: str | None, start_state_id: str, model_id: str, n_steps: int):
         st, config = job_settings(self.config, campaign, store)
         if self.walker is not None:
             model_id = segment_model(st, config, self.walker, start_state_id, model_id)

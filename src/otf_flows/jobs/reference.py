@@ -188,7 +188,7 @@ class InitialMDMaker(Maker):
     walker: str | None = None  # the walker whose trajectory starts here (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, after=None):
+    def make(self, campaign: str, store: str | None, after=None):
         st, config = job_settings(self.config, campaign, store)
         config = walker_config(config, self.walker)
         n = config.num_initial_steps
@@ -229,7 +229,7 @@ class ReferenceCheckMaker(Maker):
     walker: str | None = None  # the walker whose frame is checked (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, segment: dict):
+    def make(self, campaign: str, store: str | None, segment: dict):
         st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
         failpoint("check.start", self.walker)

@@ -39,7 +39,7 @@ class ValidateMaker(Maker):
     walker: str | None = None  # the walker whose check asked for the refit validated here (None: none)
 
     @job
-    def make(self, campaign: str, store: str, model_id: str):
+    def make(self, campaign: str, store: str | None, model_id: str):
         st, config = job_settings(self.config, campaign, store)
         settings = config.validation
         names = list(settings.benchmarks) + ([CHECKS] if settings.checks else [])
