@@ -21,3 +21,19 @@ class SpikyEMT(EMT):
         super().calculate(atoms, properties, system_changes)
         if self.spiky:
             self.results["forces"] = self.results["forces"] * 1000.0
+
+
+class TasksEMT(EMT):
+    """EMT that appends, at each labelling, the ``{ntasks}`` a CP2K/VASP run command would get in this
+    process to the file ``log`` (one number a line): each concurrent walker's share of the allocation."""
+
+    def __init__(self, log: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.log = log
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        from otf_flows.reference.base import run_command
+
+        super().calculate(atoms, properties, system_changes)
+        with open(self.log, "a") as fh:
+            fh.write(run_command("{ntasks}", "test") + "\n")

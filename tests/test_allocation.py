@@ -315,12 +315,16 @@ def test_dry_run_writes_the_script_only(tmp_path, cu_config, write_config, login
 # ---------------------------------------------------------------------- otf run stops resumably
 def test_stop_after_abandons_the_running_job_and_resume_loses_nothing(tmp_path, cu_config, write_config):
     """--stop-grace 0: the job running at the stop is abandoned at once; --resume reruns it, and the campaign
-    ends as an uninterrupted run does (same checks, models and labels)."""
+    ends as an uninterrupted run does (same checks, models and labels).
+
+    The first ML-MD step holds (a failpoint) until the stop is requested, so the stop finds that job running
+    however fast the machine is; a slower machine is stopped earlier, in whatever job runs at 6 s."""
     cu_config["md"]["total_steps"] = 40
     path = write_config(cu_config)
     whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
     assert run_otf("run", str(path), "--store", whole).returncode == 0
-    out = run_otf("run", str(path), "--store", cut, "--stop-after", "6", "--stop-grace", "0")
+    out = run_otf("run", str(path), "--store", cut, "--stop-after", "6", "--stop-grace", "0",
+                  env={"OTF_FAILPOINT": "md.step:1:hold=600"})
     assert out.returncode == EXIT_STOPPED, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith("otf: stopped (--stop-after 6 s; ")
     doc = OtfStore(cut).require_campaign("cu-emt")
@@ -404,9 +408,11 @@ def test_a_walltime_warning_before_otf_run_starts_still_stops_it_resumably(tmp_p
                                                                             login_node):
     """SLURM once sent the walltime warning (USR1) 1 s into a job, while the script was still in
     `otf allocation start`: the traps come first, so the script lives, passes the warning on to
-    `otf run` as soon as it starts (stopped, exit 3) and resubmits itself."""
+    `otf run` as soon as it starts (stopped, exit 3) and resubmits itself.
+
+    `otf allocation start` holds (a failpoint) until the warning has been sent, so the warning comes while it
+    runs however fast the machine starts Python."""
     import signal
-    import time
 
     path = write_config(cu_config)
     store = tmp_path / "store"
@@ -415,11 +421,19 @@ def test_a_walltime_warning_before_otf_run_starts_still_stops_it_resumably(tmp_p
                   env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     script = Path(json.loads(out.stdout)["script"])
-    proc = subprocess.Popen(["bash", str(script)], env={**env, "SLURM_JOB_ID": "4242"}, cwd=tmp_path,
+    sent = tmp_path / "warning-sent"
+    hold = {"OTF_FAILPOINT": "allocation.started:1:hold=300", "OTF_FAILPOINT_RELEASE": str(sent)}
+    proc = subprocess.Popen(["bash", str(script)], env={**env, **hold, "SLURM_JOB_ID": "4242"}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # inside `otf allocation start` (a Python start-up takes longer)
+    seen = []
+    for line in proc.stderr:  # `otf allocation start` has recorded the allocation and holds
+        seen.append(line)
+        if "failpoint allocation.started: holding" in line:
+            break
     proc.send_signal(signal.SIGUSR1)
+    sent.touch()
     stdout, stderr = proc.communicate(timeout=300)
+    stderr = "".join(seen) + stderr
     assert proc.returncode == 0, (proc.returncode, stdout, stderr)
     assert "otf run not started (signal: warning came first)" in stdout and "resubmitted as job 4242" in stdout
     row = OtfStore(str(store)).collection("allocations").query_one({"campaign": "cu-emt"})

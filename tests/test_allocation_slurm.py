@@ -2,10 +2,13 @@
 that need several allocations complete, with nothing lost or duplicated.
 
 - ``sbatch``: SLURM script, 2-minute allocations whose walltime warning (``--signal=B:USR1@100``, sent at
-  slurmctld's first time-limit check, within about 30 s of the start) stops `otf run`; the campaign needs
-  more than one allocation's worth of work.
+  slurmctld's first time-limit check, within about 30 s of the start) stops `otf run`.
 - ``qsub``: the PBS script through slurm-wlm-torque's ``qsub``; PBS has no warning, so `otf run
   --stop-after` stops each allocation 100 s before its 2-minute walltime, after ~20 s.
+
+The chain is forced, not left to the amount of work: the campaign's first ML-MD step holds (a failpoint
+counted across the allocations, so it holds once) until the first allocation is asked to stop. Each script
+is the shipped template with that setting in its environment section, as a user edits it (``--template``).
 
 Both chains run at the same time (a module fixture); the tests then read the store, the logs and
 `otf status`. The cluster fixture is test_slurm's: it starts SLURM if it is installed but down, and
@@ -18,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +35,7 @@ from test_reliability import _assert_consistent
 from test_slurm import slurm  # noqa: F401 - the module fixture: a running one-node SLURM cluster
 
 from otf_flows.campaign import config_from_dict
+from otf_flows.managers import allocation
 from otf_flows.store import OtfStore
 
 pytestmark = pytest.mark.slurm
@@ -38,12 +43,13 @@ pytestmark = pytest.mark.slurm
 TIMEOUT_S = 420
 GRACE_S = 100
 SCENARIOS = {
-    # Each campaign needs well over one allocation's work on a fast idle machine too: at 80 steps the qsub
-    # chain finished within its first 20 s allocation in CI; here, on 2 loaded cores, one allocation does
-    # ~45 steps (the first, with the initial fit) or ~115-150 (the next ones), so 400 steps take 3-5.
-    "sbatch": {"batch": "slurm", "total_steps": 400, "extra": ["--partition", "debug", "--stop-after", "60"]},
-    "qsub": {"batch": "pbs", "total_steps": 400, "extra": ["--queue", "debug"]},
+    # the first allocation stops with work left however fast the machine is (the held ML-MD step); the
+    # next one(s) do the rest
+    "sbatch": {"batch": "slurm", "total_steps": 80, "extra": ["--partition", "debug", "--stop-after", "60"]},
+    "qsub": {"batch": "pbs", "total_steps": 80, "extra": ["--queue", "debug"]},
 }
+HOLD = "md.step:1:hold=600"
+"""The first ML-MD step of the campaign waits there until `otf run` is asked to stop (at most 600 s)."""
 
 
 def _run(args, **kwargs) -> subprocess.CompletedProcess:
@@ -65,8 +71,13 @@ class Chain:
         self.store = root / "store"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         self.env.pop("OTF_STORE", None)
+        template = root / f"my-allocation.{scenario['batch']}"
+        template.write_text(_with_environment(scenario["batch"], {
+            "OTF_FAILPOINT": HOLD, "OTF_FAILPOINT_COUNTS": str(root / "failpoint-counts"),
+            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}))  # the code under test, in a worktree too
         self.args = ["submit", self.config, "--batch", scenario["batch"], "--time", "00:02:00", "--grace",
-                     str(GRACE_S), "--resubmit", "12", "--store", self.store, *scenario["extra"], "--json"]
+                     str(GRACE_S), "--resubmit", "12", "--store", self.store, "--template", template,
+                     *scenario["extra"], "--json"]
 
     def otf(self, *args) -> subprocess.CompletedProcess:
         return _run([sys.executable, "-m", "otf_flows", *args], cwd=self.root, env=self.env, timeout=120)
@@ -94,6 +105,16 @@ class Chain:
             if path.suffix in (".log", ".out"):
                 text.append(f"--- {path.name}\n{path.read_text()[-1500:]}")
         return "\n".join(text)
+
+
+def _with_environment(batch: str, env: dict[str, str]) -> str:
+    """The shipped allocation template with ``export`` lines in its environment section."""
+    text = (allocation.launchers_dir() / f"allocation.{batch}").read_text()
+    marker = "# ---- the environment of the job"
+    assert marker in text
+    exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items() if value)
+    head, _, tail = text.partition(marker)
+    return head + exports + marker + tail
 
 
 def _queued(name: str) -> bool:

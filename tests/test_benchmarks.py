@@ -24,11 +24,11 @@ pytestmark = pytest.mark.slow
 
 
 def run_quick(script: str, out: Path, timeout: float = 600, args: tuple[str, ...] = (),
-              log: list | None = None) -> dict:
+              log: list | None = None, env: dict | None = None) -> dict:
     """Run ``benchmarks/<script> --quick --out out [args]``; return its JSON result (stderr appended to ``log``)."""
     proc = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick", "--out", str(out), *args],
-        capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ},
+        capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     if log is not None:
@@ -105,9 +105,13 @@ def test_adaptive_vs_fixed_quick(tmp_path):
 @pytest.mark.skipif(CP2K is None, reason="cp2k is not on PATH")
 def test_speedup_aimd_quick_in_two_parts(tmp_path):
     """In two parts (--workdir, --stop-after): the first stops after its first job and says so, the second
-    reads the baselines back, continues the campaign without a DFT call twice, and covers both parts."""
+    reads the baselines back, continues the campaign without a DFT call twice, and covers both parts.
+
+    The first part's first ML-MD step holds (a failpoint) until the stop is requested: however fast CP2K
+    runs, the campaign cannot end before its 1 s."""
     work, log = tmp_path / "work", []
-    first = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--stop-after", "1"), log=log)
+    first = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--stop-after", "1"), log=log,
+                      env={"OTF_FAILPOINT": "md.step:1:hold=600"})
     assert first["otf"]["status"] == "stopped" and first["otf"]["md_steps"] < first["config"]["md"]["total_steps"]
     assert "**Not finished" in (tmp_path / "speedup_aimd_quick.md").read_text()
     data = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work)), log=log)

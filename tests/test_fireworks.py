@@ -16,7 +16,7 @@ from fireworks import Firework, FWorker, LaunchPad
 from fireworks.core.rocket_launcher import launch_rocket
 from jobflow import Flow, job
 
-from otf_flows.campaign import CampaignConfig
+from otf_flows.campaign import CampaignConfig, config_from_dict
 from otf_flows.errors import InputError
 from otf_flows.flows.graph import campaign_flow
 from otf_flows.managers.fireworks import (
@@ -311,3 +311,27 @@ def run_otf_python(code: str, env: dict):
     """``python -c code`` in a subprocess with ``env`` added."""
     return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                           check=False, timeout=120)
+
+
+def test_walkers_run_as_independent_chains(tmp_path, monkeypatch, launchpad):
+    """A campaign with two walkers under FireWorks: after the first fit each walker's chain is its own line of
+    fireworks (both walkers' jobs ready at once, for different workers); one lineage, every label once."""
+    from test_walkers import _assert_walkers_consistent, _tiny
+
+    data = _tiny("fw-walkers", steps=12)
+    config = CampaignConfig.model_validate(data)
+    store = OtfStore(str(tmp_path / "store"))
+    submit_campaign(config, store, launchpad)
+    workers = {kind: FWorker(name=f"otf-{kind}", category=kind) for kind in KINDS}
+    (tmp_path / "launches").mkdir()
+    monkeypatch.chdir(tmp_path / "launches")
+    both_ready = False
+    for _ in range(80):
+        ready = list(launchpad.fireworks.find({"state": "READY"}, {"fw_id": 1, "name": 1, "spec.otf_kind": 1}))
+        if not ready:
+            break
+        walkers = {name for fw in ready for name in ("cold", "hot") if f" {name} " in f" {fw['name']} "}
+        both_ready |= walkers == {"cold", "hot"}
+        assert launch_rocket(launchpad, workers[ready[0]["spec"]["otf_kind"]], strm_lvl="ERROR")
+    assert both_ready, "the walkers' chains never had jobs ready at the same time"
+    _assert_walkers_consistent(store, "fw-walkers", config_from_dict(data))

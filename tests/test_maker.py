@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from ase.build import bulk
-from conftest import CONFIGS
+from conftest import CONFIGS, run_otf
 from fireworks import Firework
 from jobflow import Flow, OutputReference, run_locally
 from jobflow.managers.fireworks import flow_to_workflow
@@ -18,7 +18,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from otf_flows import OtfMDMaker
 from otf_flows.campaign import AseReference, Cp2kReference, StructureAtoms, load_config
-from otf_flows.errors import ConfigError, InputError
+from otf_flows.errors import ConfigError, InputError, StoreError
 from otf_flows.jobs import base
 from otf_flows.jobs.base import forget_stores
 from otf_flows.managers.fireworks import OtfJobStore
@@ -245,3 +245,31 @@ def test_relative_paths_are_fixed_when_the_flow_is_made(tmp_path, monkeypatch, c
     assert config.structure.file == str((tmp_path / "start.xyz").resolve())
     assert config.execution.scratch_dir == str((tmp_path / "scratch").resolve())
     assert config.reference == AseReference(calculator="ase.calculators.emt.EMT")
+
+
+def test_a_flow_without_a_store_uses_the_store_it_runs_in(tmp_path, monkeypatch, cu32, no_config_from_store):
+    """A Maker of a YAML without ``store:`` (and no OTF_STORE, no store=): its jobs write the campaign into the
+    store the flow runs in, as jobflow's own jobs do, not into ./otf-store."""
+    monkeypatch.delenv("OTF_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    otf = OtfMDMaker.from_yaml(CONFIGS / "cu-emt.yaml")
+    assert otf.store is None
+    otf = dataclasses.replace(otf, md=otf.md.model_copy(update={"total_steps": 15}))
+    elsewhere = OtfStore(str(tmp_path / "elsewhere"))
+    try:
+        run_locally(otf.make(cu32), store=elsewhere.jobstore, create_folders=True, root_dir=tmp_path / "runs",
+                    ensure_success=True, log=False)
+    finally:
+        forget_stores()
+    doc = elsewhere.require_campaign("cu-emt")
+    assert doc.status == "completed" and doc.step == 15
+    assert [c.step for c in elsewhere.checks("cu-emt")] == [15] and elsewhere.models("cu-emt")
+    assert not [str(p) for p in tmp_path.rglob("otf-store")]
+    listed = run_otf("checks", "cu-emt", "--store", str(tmp_path / "elsewhere"), "--json")
+    assert listed.returncode == 0 and [c["step"] for c in json.loads(listed.stdout)] == [15], listed.stderr
+
+
+def test_a_flow_without_a_store_refuses_a_foreign_job_store():
+    """Outside a job run on an otf store (here: no job at all) a job without a location cannot guess one."""
+    with pytest.raises(StoreError, match=r"store: .*not an otf store"):
+        base.open_store(None)

@@ -65,7 +65,10 @@ def test_sigkill_at_six_points_then_resume(tmp_path, cu_config, write_config):
 
 def test_sigterm_stops_resumably_and_keeps_the_wall_time(tmp_path, cu_config, write_config):
     """A batch system's SIGTERM: the running job finishes, exit 3 (stopped, resumable), status "stopped", the
-    wall time so far recorded, then --resume."""
+    wall time so far recorded, then --resume.
+
+    The SIGTERM is sent when the first check's line appears; the 20th ML-MD step, in a later segment, holds
+    (a failpoint) until the stop is requested, so the campaign cannot end before the signal on any machine."""
     import os
     import subprocess
     import sys
@@ -74,7 +77,8 @@ def test_sigterm_stops_resumably_and_keeps_the_wall_time(tmp_path, cu_config, wr
     path = write_config(cu_config)
     store = str(tmp_path / "store")
     proc = subprocess.Popen([sys.executable, "-m", "otf_flows", "run", str(path), "--store", store],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ})
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OTF_FAILPOINT": "md.step:20:hold=600"})
     seen = []
     for line in proc.stderr:  # into a pipe, `otf run` writes a line per check
         seen.append(line)

@@ -10,8 +10,8 @@ LaunchPad and launch directories; the tests then check what each left in its sto
 - ``sbatch``: SLURM templates, reservation mode (``qlaunch -r``): each queue job gets its
   firework's ``_queueadapter`` (the YAML's ``execution.<kind>.queue``);
 - ``qsub``: PBS templates through slurm-wlm-torque's ``qsub``, plain ``qlaunch``;
-- ``scancel``: SLURM, the first gap_fit is cancelled mid-run, found by ``lpad detect_lostruns``
-  and rerun.
+- ``scancel``: SLURM, the first fit job is cancelled after gap_fit and before its model is registered
+  (it holds there: a failpoint), found by ``lpad detect_lostruns`` and rerun.
 
 The LaunchPad is FireWorks' mongomock persistence: one JSON file that every process reads when it
 starts and writes back when it exits. Launches of a campaign are therefore serialised: the test
@@ -46,7 +46,9 @@ SCRIPTS = REPO / "scripts" / "slurm"
 LAUNCHERS = REPO / "launchers"
 KINDS = ("dft", "md", "fit", "light")
 LP_NAME = "otf_test"
-JOB_TIMEOUT_S = 120
+JOB_TIMEOUT_S = 900
+"""A guard against a queue job that never ends, not a speed limit: on the 2-core node the three scenarios' jobs
+queue behind each other (a loaded machine kept jobs PENDING for over 120 s)."""
 #: walltimes the campaign YAML asks for per kind (execution.<kind>.queue), checked on the scheduler
 WALLTIME = {"dft": "00:09:00", "fit": "00:08:00"}
 DEFAULT_WALLTIME = "00:10:00"
@@ -123,8 +125,9 @@ def slurm():
 class ClusterCampaign:
     """A small EMT campaign submitted with `otf submit` and run by per-kind workers through a scheduler."""
 
-    def __init__(self, root: Path, config: dict, scheduler: str, reserve: bool):
+    def __init__(self, root: Path, config: dict, scheduler: str, reserve: bool, job_env: dict | None = None):
         self.root, self.scheduler, self.reserve = root, scheduler, reserve
+        self.job_env = job_env or {}  # exported in every queue job
         self.store = root / "store"
         self.runs = root / "runs"
         self.runs.mkdir()
@@ -182,6 +185,7 @@ class ClusterCampaign:
         data["pre_rocket"] = (
             f"{data['pre_rocket']}export PATH={os.environ['PATH']}\n"
             f"export MONGOMOCK_SERVERSTORE_FILE={self.db}\nexport OMP_NUM_THREADS=1\n"
+            + "".join(f"export {key}={value}\n" for key, value in self.job_env.items())
         )
         dest = self.root / name
         dest.write_text(yaml.safe_dump(data))
@@ -275,15 +279,16 @@ class ClusterCampaign:
         return next(fw["state"] for fw in self.collections()["fireworks"] if fw["fw_id"] == fw_id)
 
     def cancel_first_fit(self, job: dict) -> bool:
-        """scancel the first fit job while gap_fit runs, then recover it with lpad detect_lostruns --rerun."""
+        """scancel the first fit job where it holds (FIT_HOLD: gap_fit has finished, the model is not yet
+        registered), then recover it with lpad detect_lostruns --rerun."""
         if self.cancelled or job["kind"] != "fit":
             return False
         deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not list(job["dir"].glob("fit_*")):  # gap_fit's directory: the fit is running
+        while not any("failpoint fit.done: holding" in path.read_text(errors="replace")
+                      for path in job["dir"].glob("*.error")):
             if time.monotonic() > deadline:
-                pytest.fail("the fit never started\n" + self.job_output(job))
+                pytest.fail("the fit never reached its failpoint\n" + self.job_output(job))
             time.sleep(0.05)
-        time.sleep(0.3)
         _run(["scancel", job["job_id"]], timeout=30)
         self.wait(job)
         self.identify(job)
@@ -291,6 +296,9 @@ class ClusterCampaign:
         st = OtfStore(str(self.store))
         job["models_after_cancel"] = len(st.models(self.name))
         st.close()
+        # --time 1: a RUNNING launch not updated for 1 s is lost; the killed one was last updated before the
+        # kill (its process is gone), so after 1.1 s it is found however fast the steps above were
+        time.sleep(1.1)
         out = self.lpad("detect_lostruns", "--time", "1", "--rerun")
         job["detect_lostruns"] = out.stdout + out.stderr
         self.cancelled.append(job)
@@ -395,6 +403,13 @@ def campaign_config(total_steps: int) -> dict:
     return cfg
 
 
+def fit_hold(root: Path) -> dict:
+    """The queue jobs' environment that holds the campaign's first fit between gap_fit's end and the model's
+    registration (once: the passes are counted in one file, so its rerun goes through), where it is
+    cancelled: without it, a fit over before the scancel would leave nothing to recover on a fast machine."""
+    return {"OTF_FAILPOINT": "fit.done:1:hold=600", "OTF_FAILPOINT_COUNTS": str(root / "failpoint-counts")}
+
+
 SCENARIOS = {
     "sbatch": {"scheduler": "slurm", "reserve": True, "total_steps": 60, "cancel_first_fit": False},
     "qsub": {"scheduler": "pbs", "reserve": False, "total_steps": 60, "cancel_first_fit": False},
@@ -409,8 +424,9 @@ def campaigns(slurm, tmp_path_factory):
     for name, sc in SCENARIOS.items():
         if sc["scheduler"] == "pbs" and shutil.which("qsub") is None:
             continue
-        camp = ClusterCampaign(tmp_path_factory.mktemp(name), campaign_config(sc["total_steps"]), sc["scheduler"],
-                               sc["reserve"])
+        root = tmp_path_factory.mktemp(name)
+        camp = ClusterCampaign(root, campaign_config(sc["total_steps"]), sc["scheduler"], sc["reserve"],
+                               job_env=fit_hold(root) if sc["cancel_first_fit"] else None)
         runs[name] = {"camp": camp, "cancel": sc["cancel_first_fit"], "error": None}
 
     def scenario(run):
@@ -470,13 +486,14 @@ def test_campaign_through_pbs_qsub(campaigns):
 
 
 def test_cancelled_job_is_recovered(campaigns):
-    """scancel during the first gap_fit; lpad detect_lostruns --rerun; the campaign completes, nothing twice."""
+    """scancel of the first fit job (held after gap_fit, before its model is registered); lpad detect_lostruns
+    --rerun; the campaign completes, nothing twice."""
     camp = _finished(campaigns, "scancel")
     assert len(camp.cancelled) == 1, "no fit job was cancelled"
     job = camp.cancelled[0]
     assert job["state"] == "CANCELLED" and job["fw_state_after_cancel"] == "RUNNING"
     assert "Lost FireWorks: 1" in job["detect_lostruns"]
-    assert job["models_after_cancel"] == 0  # killed mid-fit, before the model was registered
+    assert job["models_after_cancel"] == 0  # killed after gap_fit, before the model was registered
     check_routing(camp)
     check_results(camp)
     fw = next(fw for fw in camp.collections()["fireworks"] if fw["fw_id"] == job["fw_id"])

@@ -24,6 +24,8 @@ from otf_flows.reference.cp2k.settings import Cp2kReference
 from otf_flows.reference.registry import ReferenceSettings
 from otf_flows.reference.settings import AseReference
 from otf_flows.reference.vasp.settings import VaspReference
+from otf_flows.walkers import WalkerGrid, WalkerSpec, check_names, resolve_structure_files, walker_data
+from otf_flows.walkers import expand as expand_walkers
 from otf_flows.yaml_config import INTERNAL_LOC, absolute_path, error_line, load_yaml
 from otf_flows.yaml_config import Strict as _Strict
 
@@ -458,6 +460,16 @@ class LightResources(JobResources):
     )
 
 
+class LocalSettings(_Strict):
+    """How `otf run` (and an allocation, which runs `otf run --resume`) runs the jobs on its machine."""
+
+    workers: int = Field(
+        1, ge=1, le=256, description="Walkers' chains run at once, each in a worker process (a campaign with "
+        "walkers; 1: one job at a time, the walkers taking turns). Inside a batch allocation each concurrent DFT "
+        "job gets ntasks / workers MPI tasks ({ntasks} of the run command, docs/walkers.md); may change on --resume.",
+    )
+
+
 class ExecutionSettings(_Strict):
     """Resources per job kind: DFT (initial MD, checks), ML-MD segments, fits, light bookkeeping."""
 
@@ -465,6 +477,7 @@ class ExecutionSettings(_Strict):
     md: JobResources = Field(default_factory=JobResources, description="ML-MD segments.")
     fit: JobResources = Field(default_factory=JobResources, description="gap_fit.")
     light: LightResources = Field(default_factory=LightResources, description="Compare + decide, bookkeeping.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="Jobs at once in `otf run` (walkers).")
     cache_dir: str | None = Field(
         None, description="Cache directory on the nodes that run jobs (extracted models of a MongoDB store, "
         "pymatgen's CP2K data); before $OTF_CACHE_DIR, after --cache-dir. Default: <temporary directory>/"
@@ -485,7 +498,12 @@ class CampaignConfig(_Strict):
         """Whether refits train on reference virials (``refit.virials``)."""
         if self.refit.virials != "auto":
             return self.refit.virials == "train"
-        return self.md.ensemble == "npt_berendsen" or self.tolerances.vmax is not None
+        if self.md.ensemble == "npt_berendsen" or self.tolerances.vmax is not None:
+            return True
+        for spec in expand_walkers(self.walkers):  # one lineage: virials when any walker uses them
+            if spec.md.get("ensemble") == "npt_berendsen" or spec.tolerances.get("vmax") is not None:
+                return True
+        return False
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Campaign name (letters, digits, . _ -).")
     structure: Annotated[
@@ -513,6 +531,20 @@ class CampaignConfig(_Strict):
     store: str | None = Field(None, description="Store directory or mongodb:// URI (overridden by --store / OTF_STORE).")
     validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Validation of models.")
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Cluster resources per job kind.")
+    walkers: list[WalkerSpec] | WalkerGrid | None = Field(
+        None, description="Several trajectories sharing the campaign's training set and model lineage (docs/"
+        "walkers.md): a list of {name, structure, md, tolerances} changing the campaign's blocks, or {grid: "
+        "{md.temperature_K: [...], ...}} for the cartesian product; null: one trajectory, the campaign's.",
+    )
+
+    @field_validator("walkers")
+    @classmethod
+    def _walkers(cls, v):
+        if isinstance(v, list):
+            check_names(v)
+        elif isinstance(v, WalkerGrid):
+            expand_walkers(v)  # generated names are unique
+        return v
 
     @field_validator("model", mode="before")
     @classmethod
@@ -561,6 +593,8 @@ class CampaignConfig(_Strict):
 def _format_error(err: ValidationError, data: Any) -> str:
     """One line: where, the value, and what is allowed."""
     e = err.errors()[0]
+    if e["loc"][:1] == ("walkers",):
+        return _walkers_error(err, data)
     tags = {"reference": reference_registry.ENGINES, "model": ml_registry.BACKENDS}  # the tagged unions' tags
     loc = [str(x) for x in e["loc"] if not str(x).startswith(INTERNAL_LOC)]
     if loc[1:2] and loc[1] in tags.get(loc[0], ()):
@@ -573,6 +607,33 @@ def _format_error(err: ValidationError, data: Any) -> str:
     if e["type"] == "missing":
         return f"{where}: required key is missing"
     return f"{where}: {error_line(err, skip=len(e['loc']), got=True)}"  # the message: the location is above
+
+
+def _walkers_error(err: ValidationError, data: Any) -> str:
+    """One line for an error in ``walkers``: the branch the value is meant for (a list or a grid), the walker's name."""
+    given = data.get("walkers") if isinstance(data, dict) else None
+    branch = "WalkerGrid" if isinstance(given, dict) else "list[WalkerSpec]" if isinstance(given, list) else None
+    errors = [e for e in err.errors() if e["loc"][:1] == ("walkers",)]
+    if branch is None:
+        return (f"walkers: must be a list of walkers {{name, structure, md, tolerances}} or {{grid: {{md.<key>: "
+                f"[values]}}}} (got {given!r})")
+    e = next((e for e in errors if len(e["loc"]) > 1 and e["loc"][1] == branch), errors[0])
+    loc = [str(x) for x in e["loc"][2:]]
+    who = ""
+    if branch == "list[WalkerSpec]" and loc and loc[0].isdigit():
+        item = given[int(loc[0])] if int(loc[0]) < len(given) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        who = f" walker {name!r}:" if isinstance(name, str) else f" walker number {int(loc[0]) + 1}:"
+        loc = loc[1:]
+    where = ".".join(loc)
+    model = WalkerGrid if branch == "WalkerGrid" else WalkerSpec
+    if e["type"] == "extra_forbidden" and len(loc) == 1:
+        return f"walkers:{who} {where}: unknown key; allowed keys here: {', '.join(model.model_fields)}"
+    if e["type"] == "missing":
+        return f"walkers:{who} {where}: required key is missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
+    return f"walkers:{who} {where + ': ' if where else ''}{msg}{got}"
 
 
 def _model_at(model, loc: list[str], data: Any):
@@ -651,6 +712,15 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             raise ConfigError(f"validation.physical.{k}.structure: {bench.structure!r} does not exist "
                               f"(looked in {base})")
         bench.structure = str(path)
+    errors = resolve_structure_files(config, base)
+    if errors:
+        raise ConfigError(errors[0])
+    for spec in expand_walkers(config.walkers):  # each walker's settings, with the same models
+        walker = walker_data(config, spec)
+        try:
+            CampaignConfig.model_validate(walker)
+        except ValidationError as err:
+            raise ConfigError(f"walkers: walker {spec.name!r}: {_format_error(err, walker)}") from None
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
         value = getattr(config.execution, key)
         if value is not None:

@@ -122,16 +122,15 @@ def frames_from_xyz(path, campaign: str | None = None, source: str = "import", *
     return docs
 
 
-def import_previous_data(store, config, campaign: str) -> int:
+def import_previous_data(store, refit, initial_model: str | None, campaign: str) -> int:
     """Add ``refit.previous_data`` (files or ``campaign:``/``model:`` references) to the training set.
 
-    ``model.initial_model`` counts as ``model:ID``: the campaign goes on from that model's
-    training frames, so its refits keep what the model knew. Idempotent; returns the number
+    ``initial_model`` (``model.initial_model``) counts as ``model:ID``: the campaign goes on from that
+    model's training frames, so its refits keep what the model knew. Idempotent; returns the number
     of distinct frames.
     """
-    refit = config.refit
     items = list(refit.previous_data)
-    initial = config.model.initial_model
+    initial = initial_model
     if initial is not None and f"model:{initial}" not in items:
         items.append(f"model:{initial}")
     frame_ids: set[str] = set()

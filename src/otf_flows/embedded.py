@@ -221,6 +221,26 @@ class EmbeddedStore(Store):
                     conn.executemany(f"INSERT INTO {self._idx}(field, value, id) VALUES (?, ?, ?)",
                                      [(field, value, row) for field, value in entries])
 
+    def put_if(self, doc: dict, expected: dict | None) -> bool:
+        """Replace the document of ``doc``'s key by ``doc`` if the stored one matches the MongoDB filter
+        ``expected`` (None: insert only if there is none), in one write transaction; whether it was written."""
+        doc = jsanitize(doc, allow_bson=True)
+        with self._lock:
+            conn = self._connection()
+            with _transaction(conn, write=True):
+                found = self._find(conn, {self.key: doc[self.key]}, limit=1)
+                if (expected is None) != (not found) or (found and not filter_applies(expected, found[0][1])):
+                    return False
+                if found:
+                    row = found[0][0]
+                    conn.execute(f"UPDATE {self._docs} SET doc=? WHERE id=?", (bson.encode(doc), row))
+                    conn.execute(f"DELETE FROM {self._idx} WHERE id=?", (row,))
+                else:
+                    row = conn.execute(f"INSERT INTO {self._docs}(doc) VALUES (?)", (bson.encode(doc),)).lastrowid
+                conn.executemany(f"INSERT INTO {self._idx}(field, value, id) VALUES (?, ?, ?)",
+                                 [(field, value, row) for field, value in _index_entries(doc)])
+        return True
+
     def remove_docs(self, criteria: dict):
         with self._lock:
             conn = self._connection()

@@ -6,7 +6,8 @@
 | ``OTF_CACHE_DIR`` | ``cache_dir`` | :func:`otf_flows.dirs.cache_dir` |
 | ``OTF_SCRATCH_DIR`` | ``scratch_dir`` | :func:`otf_flows.dirs.scratch_dir` |
 | ``OTF_LOG_LEVEL`` | ``log_level`` | the ``otf`` command's logging |
-| ``OTF_FAILPOINT`` | ``failpoint`` | :mod:`otf_flows.faults` (tests) |
+| ``OTF_FAILPOINT``, ``OTF_FAILPOINT_COUNTS``, ``OTF_FAILPOINT_RELEASE`` | ``failpoint*`` | :mod:`otf_flows.faults` (tests) |
+| ``OTF_HOLD`` | ``hold`` | :mod:`otf_flows.faults` (tests of walkers side by side) |
 | ``OTF_MONGO_USER``, ``OTF_MONGO_PASSWORD``, ``OTF_MONGO_CREDENTIALS`` | ``mongo_*`` | :mod:`otf_flows.mongo` |
 | ``OTF_STORE_JOURNAL`` | ``store_journal`` | :func:`otf_flows.embedded.journal_mode` |
 | ``OTF_NTASKS`` | ``ntasks`` | MPI tasks of a batch allocation (set by ``otf submit --batch`` scripts) |
@@ -37,7 +38,11 @@ class OtfSettings(BaseSettings):
     cache_dir: str | None = Field(None, description="Cache directory (after --cache-dir and execution.cache_dir).")
     scratch_dir: str | None = Field(None, description="Root of the job directories (after execution.scratch_dir).")
     log_level: str | None = Field(None, description="Log level of the otf command (default WARNING).")
-    failpoint: str | None = Field(None, description="NAME:N: kill the process at the N-th pass of a failpoint.")
+    failpoint: str | None = Field(None, description="NAME:N[:kill|hold=SECONDS]: act at the N-th pass of a failpoint.")
+    failpoint_counts: str | None = Field(None, description="File counting failpoint passes across processes.")
+    failpoint_release: str | None = Field(None, description="File whose existence releases a failpoint hold.")
+    hold: str | None = Field(None, description="NAME=PATH: hold the process at a failpoint until the file PATH "
+                             "exists (tests).")
     mongo_user: str | None = Field(None, description="MongoDB user (with OTF_MONGO_PASSWORD).")
     mongo_password: str | None = Field(None, description="MongoDB password (with OTF_MONGO_USER).", repr=False)
     mongo_credentials: str | None = Field(None, description="YAML file with MongoDB 'username' and 'password'.")

@@ -30,6 +30,7 @@ from otf_flows.schemas.documents import (
     StateDoc,
     now,
 )
+from otf_flows.schemas.walkers import WalkerDoc
 from otf_flows.settings import otf_settings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ COLLECTIONS = {
     "benchmarks": "name",
     "validations": "validation_id",
     "allocations": "allocation_id",
+    "walkers": "walker_id",
+    "locks": "lock_id",
 }
 
 #: fields users query, indexed on MongoDB (the embedded store indexes every top-level field)
@@ -58,6 +61,8 @@ INDEXES = {
     "validations": ("validation_id", "model_id", "benchmark"),
     "campaigns": ("name",),
     "allocations": ("allocation_id", "campaign"),
+    "walkers": ("walker_id", "campaign"),
+    "locks": ("lock_id",),
 }
 
 
@@ -130,6 +135,29 @@ class OtfStore:
                 self._stores[name] = store
         return self._stores[name]
 
+    def put_if(self, collection: str, doc: dict, expected: dict | None) -> bool:
+        """Write ``doc`` (replacing the document of its key) only if the stored one matches ``expected``,
+        atomically; ``expected`` None: only if there is none. Returns whether it was written.
+
+        The compare-and-set under the refit lease and the walkers' finish claim: on the embedded store
+        one SQLite write transaction, on MongoDB a conditional replace (and an insert on a unique key).
+        """
+        key = COLLECTIONS[collection]
+        store = self.collection(collection)
+        if self.kind == "embedded":
+            return store.put_if(doc, expected)
+        coll = store._collection
+        if expected is None:
+            from pymongo.errors import DuplicateKeyError
+
+            coll.create_index(key, unique=True)
+            try:
+                coll.insert_one(dict(doc))
+            except DuplicateKeyError:
+                return False
+            return True
+        return coll.replace_one({**expected, key: doc[key]}, dict(doc)).matched_count == 1
+
     def describe(self) -> str:
         """Location without credentials."""
         if self.kind == "mongo":
@@ -143,6 +171,7 @@ class OtfStore:
             from jobflow import JobStore
 
             self._jobstore = JobStore(self.collection("jobs"), additional_stores={"data": self.collection("jobs_data")})
+            self._jobstore.otf_location = str(self.path) if self.kind == "embedded" else self.location
         return self._jobstore
 
     # ----------------------------------------------------------------- blobs
@@ -195,6 +224,27 @@ class OtfStore:
 
     def campaigns(self) -> list[CampaignDoc]:
         return [CampaignDoc.model_validate(_clean(d)) for d in self.collection("campaigns").query({})]
+
+    # ----------------------------------------------------------------- walkers
+    def get_walker(self, campaign: str, walker: str) -> WalkerDoc | None:
+        doc = self.collection("walkers").query_one({"walker_id": f"{campaign}:walker:{walker}"})
+        return WalkerDoc.model_validate(_clean(doc)) if doc else None
+
+    def update_walker(self, campaign: str, walker: str, **fields) -> WalkerDoc:
+        """Change (or create, with ``total_steps``) the progress document of one walker; only its own jobs do."""
+        doc = self.get_walker(campaign, walker)
+        if doc is None:
+            doc = WalkerDoc(walker_id=f"{campaign}:walker:{walker}", campaign=campaign, walker=walker, **fields)
+        else:
+            doc = doc.model_copy(update=fields)
+        doc.updated_at = now()
+        self.collection("walkers").update(doc.model_dump(mode="json"), key="walker_id")
+        return doc
+
+    def walkers(self, campaign: str) -> list[WalkerDoc]:
+        """Progress documents of a campaign's walkers ([] for a campaign without walkers), by name."""
+        docs = self.collection("walkers").query({"campaign": campaign})
+        return sorted((WalkerDoc.model_validate(_clean(d)) for d in docs), key=lambda w: w.walker)
 
     # ----------------------------------------------------------------- frames
     def add_frame(self, frame: FrameDoc, training_in: str | None = None) -> tuple[str, bool]:

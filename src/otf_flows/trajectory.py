@@ -17,10 +17,13 @@ from typing import Literal
 
 from ase import Atoms
 
+from otf_flows.walkers import track
+
 __all__ = ["Segment", "campaign_segments", "segment_frames", "trajectory_frames"]
 
 SegmentStatus = Literal["accepted", "rolled_back", "pending"]
-_STATE_FIELDS = ["state_id", "start_state_id", "step", "model_id", "trajectory", "stopped_early", "created_at"]
+_STATE_FIELDS = ["state_id", "start_state_id", "step", "model_id", "trajectory", "stopped_early", "created_at",
+                 "walker"]
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,26 @@ class Segment:
     trajectory: str | None
     stopped_early: str | None = None
     created_at: str = ""
+    walker: str | None = None
 
     @property
     def driver(self) -> str:
         return "reference" if self.model_id is None else "model"
 
 
-def campaign_segments(store, campaign: str) -> list[Segment]:
-    """Every stored segment of ``campaign`` with its status, by end step (accepted first on a tie)."""
+def campaign_segments(store, campaign: str, walker: str | None = None) -> list[Segment]:
+    """Every stored segment of ``campaign`` (of one ``walker``; None: of each walker, walker by walker) with
+    its status, by end step (accepted first on a tie)."""
     doc = store.require_campaign(campaign)
+    walkers = store.walkers(campaign)
+    if walker is None and walkers:
+        return [seg for w in walkers for seg in campaign_segments(store, campaign, w.walker)]
+    pointer = store.get_walker(campaign, walker) if walker is not None else doc
     states = {d["state_id"]: d for d in store.collection("states").query({"campaign": campaign},
-                                                                           properties=_STATE_FIELDS)}
+                                                                           properties=_STATE_FIELDS)
+              if d.get("walker") == walker}
     accepted: set[str] = set()
-    sid = doc.state_id
+    sid = pointer.state_id if pointer is not None else None
     while sid is not None and sid in states and sid not in accepted:
         accepted.add(sid)
         sid = states[sid].get("start_state_id")
@@ -75,7 +85,8 @@ def campaign_segments(store, campaign: str) -> list[Segment]:
             continue  # the starting state (no initial MD), not a segment
         if d["state_id"] in accepted:
             status = "accepted"
-        elif d.get("model_id") is not None and f"{campaign}:check:{d['step']}:{d['model_id']}" not in checked:
+        elif d.get("model_id") is not None and f"{track(campaign, walker)}:check:{d['step']}:{d['model_id']}" \
+                not in checked:
             status = "pending"
         else:
             status = "rolled_back"
@@ -83,7 +94,7 @@ def campaign_segments(store, campaign: str) -> list[Segment]:
         segments.append(Segment(
             state_id=d["state_id"], start_step=start_step, step=d["step"], model_id=d.get("model_id"),
             status=status, trajectory=d.get("trajectory"), stopped_early=d.get("stopped_early"),
-            created_at=str(d.get("created_at", "")),
+            created_at=str(d.get("created_at", "")), walker=walker,
         ))
     return sorted(segments, key=lambda s: (s.step, s.status != "accepted", s.created_at))
 
@@ -108,11 +119,14 @@ def segment_frames(store, segments: list[Segment]) -> list[Atoms]:
                               rolled_back=seg.status == "rolled_back", segment_status=seg.status)
             if seg.model_id is not None:
                 atoms.info["model_id"] = seg.model_id
-            keyed.append(((int(atoms.info["md_step"]), order), atoms))
+            if seg.walker is not None:
+                atoms.info["walker"] = seg.walker
+            keyed.append(((seg.walker or "", int(atoms.info["md_step"]), order), atoms))
     return [atoms for _, atoms in sorted(keyed, key=lambda item: item[0])]
 
 
-def trajectory_frames(store, campaign: str, include_rolled_back: bool = False) -> list[Atoms]:
+def trajectory_frames(store, campaign: str, include_rolled_back: bool = False,
+                      walker: str | None = None) -> list[Atoms]:
     """The campaign's MD frames (reference-driven initial MD, then ML-MD) in MD-step order.
 
     Parameters
@@ -126,7 +140,7 @@ def trajectory_frames(store, campaign: str, include_rolled_back: bool = False) -
         or ``segment_status`` ``pending`` for a segment not yet checked). By default every
         MD step appears at most once.
     """
-    segments = campaign_segments(store, campaign)
+    segments = campaign_segments(store, campaign, walker)
     if not include_rolled_back:
         segments = [s for s in segments if s.status == "accepted"]
     return segment_frames(store, segments)

@@ -22,6 +22,34 @@ logger = logging.getLogger("otf_flows")
 
 StoreOpt = typer.Option(None, "--store", help="Store directory or mongodb:// URI (default: $OTF_STORE or ./otf-store).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout and nothing else.")
+WalkerOpt = typer.Option(None, "--walker", help="Only this walker of a campaign with walkers.")
+
+
+def require_walker(st, campaign: str, walker: str | None) -> None:
+    """``--walker``: None, or a walker of ``campaign`` (an :class:`InputError` naming the walkers otherwise)."""
+    if walker is None:
+        return
+    names = [w.walker for w in st.walkers(campaign)]
+    if walker not in names:
+        listed = ", ".join(names) if names else "none: the campaign has no walkers"
+        raise InputError(f"--walker: {walker!r} is not a walker of campaign {campaign!r} (walkers: {listed})")
+
+
+def walker_rows(st, campaign: str, walker: str | None = None) -> list[dict]:
+    """One row per walker of ``campaign``: its state, step, interval and checks ([] without walkers)."""
+    checks = st.checks(campaign)
+    rows = []
+    for w in st.walkers(campaign):
+        if walker is not None and w.walker != walker:
+            continue
+        own = [c for c in checks if c.walker == w.walker]
+        rows.append({
+            "walker": w.walker, "status": w.status, "step": w.step, "total_steps": w.total_steps,
+            "interval": w.interval, "n_checks": len(own), "n_failed_checks": sum(not c.passed for c in own),
+            "n_guard_trips": sum(c.kind == "guard" for c in own), "n_refits": sum(c.refit for c in own),
+            "pending_refit": w.pending_refit,
+        })
+    return rows
 
 
 def open_store_arg(location: str | None, config_store: str | None = None, must_exist: bool = True):
@@ -73,6 +101,7 @@ def fmt(value) -> str:
 def check_row(c) -> dict:
     """A check as `otf checks` shows it; the errors are the checked model's, at check time."""
     return {
+        "walker": getattr(c, "walker", None),
         "step": c.step,
         "frame_step": getattr(c, "frame_step", None),
         "kind": c.kind,
@@ -103,6 +132,8 @@ def model_row(m) -> dict:
         "parent_model_id": m.parent_model_id,
         "n_training_frames": m.n_training_frames,
         "trigger_check_step": m.trigger_check_step,
+        "trigger_walker": getattr(m, "trigger_walker", None),
+        "merged_check_ids": getattr(m, "merged_check_ids", []),
         "fit_seconds": m.fit_seconds,
         "created_at": m.created_at.isoformat(),
         "warnings": m.warnings,

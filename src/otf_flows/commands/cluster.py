@@ -13,6 +13,7 @@ import typer
 from otf_flows.campaign import load_config
 from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
 from otf_flows.errors import InputError
+from otf_flows.faults import failpoint
 from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.managers import allocation
 from otf_flows.managers.allocation import end_allocation, record_next, start_allocation
@@ -69,7 +70,7 @@ def submit(
     qlaunch/rlaunch run them, each kind (dft, md, fit, light) routed by the YAML's `execution:`.
 
     Either way the store must be reachable from the compute nodes: a directory on a shared file
-    system or a mongodb:// URI (docs/cluster.md).
+    system or a mongodb:// URI (docs/tutorials/cluster.md).
     """
     if (launchpad is None) == (batch is None):
         raise InputError("submit: give either --batch slurm|pbs (allocation mode) or --launchpad LP.yaml (FireWorks)")
@@ -94,7 +95,7 @@ def submit(
     kinds = sorted({row["category"] for row in result["fireworks"]})
     sys.stderr.write(
         f"store: {result['store']}\n"
-        f"next: start workers for {', '.join(kinds)} (docs/cluster.md, section 4): a pilot allocation,\n"
+        f"next: start workers for {', '.join(kinds)} (docs/tutorials/cluster.md, section 4): a pilot allocation,\n"
         f"  OTF_PILOT_WORKERS=\"{' '.join(kinds)}\" sbatch pilot.slurm   (or qsub -V pilot.pbs)\n"
         "  or one qlaunch loop per category (-m counts all your jobs in the partition)\n"
         f"watch: lpad -l {launchpad} get_wflows -d more;  otf status {result['campaign']} --store {result['store']}\n"
@@ -167,6 +168,7 @@ def allocation_start(
     doc = start_allocation(open_store_arg(store), campaign, scheduler=scheduler, job_id=job_id, chain=chain,
                            max_allocations=max_allocations, log_dir=log_dir,
                            ntasks=int(ntasks) if ntasks.isdigit() else None)
+    failpoint("allocation.started")
     sys.stdout.write(doc.log + "\n")
 
 

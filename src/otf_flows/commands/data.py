@@ -8,7 +8,17 @@ from typing import Optional
 import typer
 
 from otf_flows.campaign import GAP_ONLY_REFIT_KEYS, Refit
-from otf_flows.commands import JsonOpt, StoreOpt, app, model_row, open_store_arg, print_json, print_table
+from otf_flows.commands import (
+    JsonOpt,
+    StoreOpt,
+    WalkerOpt,
+    app,
+    model_row,
+    open_store_arg,
+    print_json,
+    print_table,
+    require_walker,
+)
 from otf_flows.data import frames_from_xyz
 from otf_flows.errors import InputError, NotFoundError, StoreError
 from otf_flows.fit_export import LAMMPS_DATA, fit_and_register
@@ -104,11 +114,13 @@ RolledBackOpt = typer.Option(False, "--include-rolled-back",
 
 @trajectory_app.command("export")
 def trajectory_export(campaign: str = CampaignArg, out: Path = TrajectoryOut,
-                      include_rolled_back: bool = RolledBackOpt, store: str | None = StoreOpt) -> None:
+                      include_rolled_back: bool = RolledBackOpt, store: str | None = StoreOpt,
+                      walker: str | None = WalkerOpt) -> None:
     """Write a campaign's MD frames in MD-step order as extxyz, with the driving model's energy and forces.
 
     Each frame has the driver's energy and forces and info md_step, segment_start_step, driver
-    (model, or reference for the initial reference-driven MD), model_id (ML-MD frames) and rolled_back.
+    (model, or reference for the initial reference-driven MD), model_id (ML-MD frames) and rolled_back;
+    in a campaign with walkers also walker (the frames of each walker in turn, or of --walker only).
     """
     from ase.io import write
 
@@ -118,7 +130,8 @@ def trajectory_export(campaign: str = CampaignArg, out: Path = TrajectoryOut,
         raise InputError(f"OUT: {out} must end in .xyz or .extxyz")
     if not out.parent.is_dir():
         raise InputError(f"OUT: directory {out.parent} does not exist")
-    segments = [s for s in campaign_segments(st, campaign) if s.trajectory]
+    require_walker(st, campaign, walker)
+    segments = [s for s in campaign_segments(st, campaign, walker) if s.trajectory]
     if not segments:
         interval = doc.config.get("md", {}).get("trajectory_interval")
         why = "md.trajectory_interval is 0" if interval == 0 else "no MD segment has run yet"

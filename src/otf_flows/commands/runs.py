@@ -14,6 +14,7 @@ from otf_flows.campaign import json_schema
 from otf_flows.commands import (
     JsonOpt,
     StoreOpt,
+    WalkerOpt,
     app,
     check_row,
     make_console,
@@ -21,12 +22,16 @@ from otf_flows.commands import (
     open_store_arg,
     print_json,
     print_table,
+    require_walker,
+    walker_rows,
 )
+from otf_flows.errors import InputError
 from otf_flows.flows.lifecycle import prepare_campaign
 from otf_flows.flows.maker import OtfMDMaker
 from otf_flows.managers.allocation import allocation_rows, allocations
 from otf_flows.managers.local import run_campaign
 from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
+from otf_flows.walkers import walker_configs
 
 
 @app.command()
@@ -106,40 +111,53 @@ def _progress(cfg):
             console=console,
             transient=False,
         )
-        task = bar.add_task(cfg.name, total=cfg.md.total_steps, interval=cfg.check_interval, checks=0, failed=0,
-                            refits=0, dft=0)
+        walkers = walker_configs(cfg)  # a bar each; one for the campaign without walkers
+        totals = {name: w.md.total_steps for name, w in walkers.items()} or {None: cfg.md.total_steps}
+        tasks = {name: bar.add_task(cfg.name if name is None else f"{cfg.name} {name}", total=total,
+                                    interval=cfg.check_interval, checks=0, failed=0, refits=0, dft=0)
+                 for name, total in totals.items()}
         counts = {"checks": 0, "failed": 0, "refits": 0, "dft": 0}
+        mine = {name: {"checks": 0, "failed": 0, "refits": 0, "dft": 0} for name in tasks}
 
         # In a log file (batch job, nohup) the bar is drawn only at the end: write a line per
         # check and refit instead, so that progress can be followed with `tail -f`.
         lines = not console.is_terminal
 
+        def count(name, key: str, n: int = 1) -> None:
+            counts[key] += n
+            if name in mine:
+                mine[name][key] += n
+
         def listener(event: str, data: dict) -> None:
+            name = data.get("walker")
+            task = tasks.get(name, next(iter(tasks.values())))
+            who = f"{name}: " if name is not None else ""  # one line per walker event in a log file
+            total = totals.get(name, cfg.md.total_steps)
             if event == "md_step":
                 bar.update(task, completed=data["step"])
             elif event == "check":
-                counts["checks"] += 1
-                counts["failed"] += not data["passed"]
-                bar.update(task, completed=data["step"], interval=data["new_interval"], **counts)
+                count(name, "checks")
+                count(name, "failed", int(not data["passed"]))
+                bar.update(task, completed=data["step"], interval=data["new_interval"], **mine.get(name, counts))
                 if lines:
                     verdict = "passed" if data["passed"] else "FAILED"
-                    console.print(f"step {data['step']}/{cfg.md.total_steps}: check {verdict}, next interval "
+                    console.print(f"{who}step {data['step']}/{total}: check {verdict}, next interval "
                                   f"{data['new_interval']} ({counts['checks']} checks, {counts['refits']} fits, "
                                   f"{counts['dft']} DFT calls, {bar.tasks[0].elapsed or 0:.0f} s)",
                                   highlight=False)
             elif event == "refit":
-                counts["refits"] += 1
-                bar.update(task, **counts)
+                count(name, "refits")
+                bar.update(task, **mine.get(name, counts))
                 if lines:
-                    console.print(f"model {data['model_id']} fitted on {data['n_frames']} frames "
+                    console.print(f"{who}model {data['model_id']} fitted on {data['n_frames']} frames "
                                   f"in {data['seconds'] or 0:.0f} s", highlight=False)
             elif event == "refit_failed" and lines:
-                console.print(f"refit failed, going on with {data['model_id']}: {data['error']}", highlight=False)
+                console.print(f"{who}refit failed, going on with {data['model_id']}: {data['error']}", highlight=False)
             elif event == "reference":
-                counts["dft"] += 1
-                bar.update(task, **counts)
+                count(name, "dft")
+                bar.update(task, **mine.get(name, counts))
                 if lines:
-                    console.print(f"DFT call {counts['dft']} ({data['kind']}, step {data['step']}) "
+                    console.print(f"{who}DFT call {counts['dft']} ({data['kind']}, step {data['step']}) "
                                   f"took {data['seconds']:.0f} s", highlight=False)
 
         with bar:
@@ -174,10 +192,11 @@ def summary_data(st, name: str, seconds: float) -> dict:
     ediff_median, ediff_max = _median_max([c.ediff for c in recent])
     model = st.get_model(doc.model_id) if doc.model_id else None
     trained = set(model.training_frame_ids) if model else set()
+    walkers = walker_rows(st, name)
     return {
         "campaign": name,
         "status": doc.status,
-        "step": doc.step,
+        "step": sum(w["step"] for w in walkers) if walkers else doc.step,
         "total_steps": doc.total_steps,
         "n_dft_labels": len(labels),
         "n_checks": len(checks),
@@ -198,6 +217,7 @@ def summary_data(st, name: str, seconds: float) -> dict:
             "other": max(total - busy, 0.0), "campaign": total, "this_run": seconds,
         },
         "store": st.describe(),
+        **({"walkers": walkers} if walkers else {}),
     }
 
 
@@ -248,18 +268,22 @@ def _summary(st, name: str, seconds: float, as_json: bool = False) -> None:
 
 @app.command()
 def checks(campaign: str = typer.Argument(..., help="Campaign name."), store: Optional[str] = StoreOpt,
-           as_json: bool = JsonOpt) -> None:
-    """One row per DFT check."""
+           as_json: bool = JsonOpt, walker: Optional[str] = WalkerOpt) -> None:
+    """One row per DFT check (of every walker in a campaign with walkers, walker by walker, or of --walker)."""
     st = open_store_arg(store)
     st.require_campaign(campaign)
-    rows = [check_row(c) for c in st.checks(campaign)]
+    require_walker(st, campaign, walker)
+    found = [c for c in st.checks(campaign) if walker is None or c.walker == walker]
+    rows = [check_row(c) for c in sorted(found, key=lambda c: (c.walker or "", c.step))]
+    walkers = any(r["walker"] is not None for r in rows)
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["step", "kind", "trigger", "interval", "ediff", "fmax", "frmse", "vmax", "passed",
-                           "new_interval", "refit", "model_id", "new_model_id"],
-                    f"checks of {campaign}: errors of the checked model at check time "
-                    "(before the frame joins the training set)")
+        print_table(rows, ["walker"] * walkers + ["step", "kind", "trigger", "interval", "ediff", "fmax", "frmse",
+                                                  "vmax", "passed", "new_interval", "refit", "model_id",
+                                                  "new_model_id"],
+                    f"checks of {campaign}{f' walker {walker}' if walker else ''}: errors of the checked model at "
+                    "check time (before the frame joins the training set)")
 
 
 @app.command()
@@ -273,8 +297,9 @@ def models(campaign: Optional[str] = typer.Option(None, "--campaign", help="Only
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["model_id", "parent_model_id", "n_training_frames", "trigger_check_step", "fit_seconds",
-                      "created_at"], "models")
+        walkers = any(r["trigger_walker"] for r in rows)
+        print_table(rows, ["model_id", "parent_model_id", "n_training_frames", "trigger_check_step"]
+                    + ["trigger_walker"] * walkers + ["fit_seconds", "created_at"], "models")
 
 
 @app.command()
@@ -286,24 +311,32 @@ def lineage(model_id: str = typer.Argument(..., help="Model id."), store: Option
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["model_id", "parent_model_id", "n_training_frames", "trigger_check_step", "fit_seconds",
-                      "created_at"], f"lineage of {model_id}")
+        walkers = any(r["trigger_walker"] for r in rows)
+        print_table(rows, ["model_id", "parent_model_id", "n_training_frames", "trigger_check_step"]
+                    + ["trigger_walker"] * walkers + ["fit_seconds", "created_at"], f"lineage of {model_id}")
 
 
 @app.command()
 def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (default: all)."),
-           store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
-    """Campaigns, progress and cost so far."""
+           store: Optional[str] = StoreOpt, as_json: bool = JsonOpt, walker: Optional[str] = WalkerOpt) -> None:
+    """Campaigns, progress and cost so far; a campaign with walkers also each walker's step, interval and checks."""
     st = open_store_arg(store)
+    if walker is not None and campaign is None:
+        raise InputError("--walker: give the CAMPAIGN too, e.g. `otf status NAME --walker W`")
     docs = [st.require_campaign(campaign)] if campaign else st.campaigns()
+    if campaign:
+        require_walker(st, campaign, walker)
     rows = []
     for d in docs:
         split = st.time_split(d.name)
+        walkers = walker_rows(st, d.name, walker)
+        step = sum(w["step"] for w in walkers) if walkers else d.step  # over all walkers
         rows.append({
-            "campaign": d.name, "status": d.status, "step": d.step, "total_steps": d.total_steps,
+            "campaign": d.name, "status": d.status, "step": step, "total_steps": d.total_steps,
             "model_id": d.model_id, "n_checks": len(st.checks(d.name)), "n_models": len(st.models(d.name)),
             "wall_seconds": d.wall_seconds, "reference_seconds": split["reference"], "fit_seconds": split["fit"],
             "ml_md_seconds": split["ml_md"], "message": d.message,
+            **({"walkers": walkers} if walkers else {}),
         })
     chain = []
     if campaign:  # allocation mode: the batch allocations that ran the campaign
@@ -315,6 +348,11 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
     else:
         print_table(rows, ["campaign", "status", "step", "total_steps", "model_id", "n_checks", "n_models",
                       "wall_seconds", "message"], "campaigns")
+        for row in rows:
+            if row.get("walkers"):
+                print_table(row["walkers"], ["walker", "status", "step", "total_steps", "interval", "n_checks",
+                                             "n_failed_checks", "n_guard_trips", "n_refits", "pending_refit"],
+                            f"walkers of {row['campaign']}")
         if chain:
             print_table(chain, ["number", "chain", "index", "job_id", "host", "ntasks", "started_at", "ended_at",
                                 "steps", "exit_code", "reason", "next_job_id", "log"],

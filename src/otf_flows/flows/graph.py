@@ -11,6 +11,8 @@ from __future__ import annotations
 from jobflow import Flow
 
 from otf_flows.campaign import CampaignConfig
+from otf_flows.flows.walkers import resume_walkers_flow, walkers_flow
+from otf_flows.jobs.base import open_store
 from otf_flows.jobs.decide import FinishMaker, iteration_flow
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.reference import InitialMDMaker
@@ -25,12 +27,14 @@ def job_config(config: CampaignConfig) -> CampaignConfig:
     return config if config.store is None else config.model_copy(update={"store": None})
 
 
-def campaign_flow(config: CampaignConfig, store: str, after=None) -> Flow:
+def campaign_flow(config: CampaignConfig, store: str | None, after=None) -> Flow:
     """The whole campaign from scratch: initial data, first fit (unless ``model.initial_model``), first iteration.
 
     ``after`` (an output reference) orders the initial job after another job, e.g. the one registering the campaign.
     """
     config = job_config(config)
+    if config.walkers is not None:
+        return walkers_flow(config, store, after=after)
     campaign, initial_model = config.name, config.model.initial_model
     execution = config.execution
     initial = route(InitialMDMaker(config=config).make(campaign, store, after=after), "dft", execution)
@@ -47,10 +51,12 @@ def campaign_flow(config: CampaignConfig, store: str, after=None) -> Flow:
     return Flow(jobs, name=f"otf campaign {campaign}")
 
 
-def resume_flow(doc: CampaignDoc, store: str) -> Flow:
+def resume_flow(doc: CampaignDoc, store: str | None) -> Flow:
     """Continue a campaign from its progress pointer in the store, with the settings stored in ``doc``
     (those of the resuming run: ``--resume`` stores the accepted changes before building this flow)."""
     config = job_config(CampaignConfig.model_validate(doc.config))
+    if config.walkers is not None:
+        return resume_walkers_flow(config, open_store(store), store)
     total = config.md.total_steps
     if doc.state_id is None:
         return campaign_flow(config, store)

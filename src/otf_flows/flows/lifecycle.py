@@ -24,6 +24,7 @@ from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDAT
 from otf_flows.schemas.documents import CampaignDoc
 from otf_flows.store import OtfStore
 from otf_flows.structures import build_structure
+from otf_flows.walkers import walker_configs
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
         doc = CampaignDoc(
             name=config.name,
             config=stored_config(config),
-            total_steps=config.md.total_steps,
+            total_steps=total_steps(config),
             status="running",
         )
         store.put_campaign(doc)
@@ -80,7 +81,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     if changed:
         record = {"step": existing.step, "at": datetime.now(tz=UTC).isoformat(), "changed": changed}
         fields = {
-            "config": stored_config(config), "total_steps": config.md.total_steps,
+            "config": stored_config(config), "total_steps": total_steps(config),
             "interval": _resumed_interval(existing.interval, stored, config), "changes": [*existing.changes, record],
         }
         for key, (old, new) in changed.items():
@@ -162,11 +163,22 @@ def _resumed_interval(interval: int | None, stored: CampaignConfig, config: Camp
 def validate_inputs(config: CampaignConfig) -> None:
     """Read the structure and every previous_data file now, so bad input fails before anything is stored."""
     build_structure(config.structure)
+    for name, walker in walker_configs(config).items():
+        try:
+            build_structure(walker.structure)
+        except InputError as err:
+            raise type(err)(f"walkers: walker {name!r}: {err}") from None
     refit = config.refit
     for item in refit.previous_data:
         if store_reference(item) and not Path(item).exists():
             continue
         frames_from_xyz(item, energy_key=refit.energy_key, forces_key=refit.forces_key, virial_key=refit.virial_key)
+
+
+def total_steps(config: CampaignConfig) -> int:
+    """MD steps of the campaign: of its one trajectory, or the sum over its walkers."""
+    walkers = walker_configs(config)
+    return sum(w.md.total_steps for w in walkers.values()) if walkers else config.md.total_steps
 
 
 def stored_config(config: CampaignConfig) -> dict:

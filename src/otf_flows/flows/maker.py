@@ -44,7 +44,9 @@ from otf_flows.jobs.base import open_store
 from otf_flows.jobs.routing import route
 from otf_flows.reference.from_maker import reference_from_maker
 from otf_flows.store import OtfStore, resolve_location
+from otf_flows.settings import otf_settings
 from otf_flows.structures import structure_spec
+from otf_flows.walkers import WalkerGrid, WalkerSpec
 from otf_flows.yaml_config import absolute_path, error_line
 
 __all__ = ["OtfMDMaker", "RegisterCampaignMaker"]
@@ -53,6 +55,7 @@ __all__ = ["OtfMDMaker", "RegisterCampaignMaker"]
 _BLOCKS = ("md", "adaptive_method_parameters", "tolerances", "model", "refit", "uncertainty", "validation",
            "execution")
 _STRUCTURE = TypeAdapter(StructureFile | StructureBuilder | StructureAtoms)
+_WALKERS = TypeAdapter(list[WalkerSpec] | WalkerGrid)
 
 
 def _default(key: str):
@@ -86,8 +89,9 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
     structure
         Starting structure used when :meth:`make` gets none (a YAML's ``structure`` block).
     store
-        Store location (directory, ``mongodb://`` URI, ``memory://NAME``); ``OTF_STORE`` beats it,
-        None is ``./otf-store``. The jobs receive it as an argument, resolved when the flow is made.
+        Store location (directory, ``mongodb://`` URI, ``memory://NAME``); ``OTF_STORE`` beats it. The jobs
+        receive it as an argument, resolved when the flow is made. None (and no ``OTF_STORE``): each job uses
+        the store it runs in, as jobflow's jobs do (``run_locally(flow, store=OtfStore(LOCATION).jobstore)``).
     resume
         Continue the campaign of this name in the store (``otf run --resume``: only the
         settings the resume rules allow may differ); the campaign's jobs are then added by the
@@ -109,6 +113,7 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
     validation: ValidationSettings = field(default_factory=_default("validation"))
     execution: ExecutionSettings = field(default_factory=_default("execution"))
     structure: StructureFile | StructureBuilder | StructureAtoms | None = None
+    walkers: list[WalkerSpec] | WalkerGrid | None = None
     store: str | None = None
     resume: bool = False
 
@@ -119,6 +124,8 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
                 setattr(self, key, _validated(_block(key), value, key))
         if isinstance(self.structure, Mapping):
             self.structure = _validated(_STRUCTURE, self.structure, "structure")
+        if self.walkers is not None and not isinstance(self.walkers, WalkerGrid):
+            self.walkers = _validated(_WALKERS, self.walkers, "walkers")
         if self.reference_maker is None:
             raise ConfigError("reference_maker: required (an atomate2 StaticMaker, an ASE calculator or a reference "
                               "block such as {'calculator': 'ase.calculators.emt.EMT'})")
@@ -151,16 +158,40 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
 
         Relative paths (``refit.previous_data``, ``structure.file``, ``execution.*_dir``) are
         resolved against the working directory. Raises :class:`ConfigError` (one line) on bad settings.
+        A list of structures makes one walker per structure (:meth:`with_walkers`).
         """
-        data = {"name": self.name, "structure": self._structure_block(structure).model_dump(mode="json", exclude_unset=True), "reference": self.reference.model_dump(mode="json"),
+        if isinstance(structure, (list, tuple)):
+            return self.with_walkers(structure).campaign_config()
+        block = self._structure_block(structure).model_dump(mode="json", exclude_unset=True)
+        data = {"name": self.name, "structure": block, "reference": self.reference.model_dump(mode="json"),
                 "store": self.store, "num_initial_steps": self.num_initial_steps,
                 "check_interval": self.check_interval, "can_update": self.can_update,
                 "rollback_on_fail": self.rollback_on_fail}
+        if self.walkers is not None:
+            data["walkers"] = (self.walkers.model_dump(mode="json") if isinstance(self.walkers, WalkerGrid)
+                               else [w.model_dump(mode="json", exclude_unset=True) for w in self.walkers])
         for key in _BLOCKS:
             value = getattr(self, key)
             # only what was set: validators that look at the keys given (refit: e0 or e0_method) see the same
             data[key] = None if value is None else value.model_dump(mode="json", exclude_unset=True)
         return config_from_dict(data, base_dir=Path.cwd())
+
+    def with_walkers(self, structures) -> OtfMDMaker:
+        """This Maker with one walker per structure of ``structures`` (ASE ``Atoms``, pymatgen ``Structure``s or
+        structure blocks): the walkers of :attr:`walkers` in order when it lists as many (their ``md`` and
+        ``tolerances`` kept), else walkers named ``walker-1``, ``walker-2``, ...; the campaign's structure is the
+        first."""
+        if not structures:
+            raise ConfigError("structure: make() got an empty list; give one structure per walker")
+        blocks = [self._structure_block(s) for s in structures]
+        given = self.walkers if isinstance(self.walkers, list) else None
+        if given is not None and len(given) != len(blocks):
+            raise ConfigError(f"walkers: the Maker has {len(given)} walkers and make() got {len(blocks)} structures; "
+                              "give one structure per walker")
+        specs = given or [WalkerSpec(name=f"walker-{i + 1}") for i in range(len(blocks))]
+        walkers = [spec.model_copy(update={"structure": block.model_dump(mode="json", exclude_unset=True)})
+                   for spec, block in zip(specs, blocks)]
+        return dataclasses.replace(self, structure=blocks[0], walkers=walkers)
 
     def _absolute(self) -> OtfMDMaker:
         """This Maker with its relative paths (``refit.previous_data``, ``structure.file``,
@@ -192,15 +223,19 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
             return structure
         return structure_spec(structure)
 
-    def location(self) -> str:
-        """The store location the jobs get: ``OTF_STORE``, else :attr:`store`, else ``./otf-store``,
-        a directory made absolute."""
+    def location(self) -> str | None:
+        """The store location the jobs get: ``OTF_STORE``, else :attr:`store`, a directory made absolute;
+        None without either: each job uses the store it runs in (``CURRENT_JOB.store``)."""
+        if not (otf_settings().store or self.store):
+            return None
         st = OtfStore(resolve_location(None, self.store))
         return str(st.path) if st.kind == "embedded" else st.location
 
     def make(self, structure=None) -> Flow:
         """The campaign's flow for ``structure``: ASE ``Atoms``, a pymatgen ``Structure``, a structure
         block, or an ``OutputReference`` to one (e.g. ``relax.output.structure``); None: :attr:`structure`.
+        A list of them makes one walker per structure (:meth:`with_walkers`), e.g. ``make([atoms_1500K,
+        relax.output.structure])``.
 
         With a structure at hand (and no ``resume``) the whole initial graph is built now: register →
         initial reference MD → first fit → first iteration, each Maker carrying the settings. With an
@@ -208,8 +243,13 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
         """
         location = self.location()
         otf = self._absolute()  # the register job runs elsewhere (its job directory, a worker)
-        if isinstance(structure, OutputReference) or self.resume:
-            if not isinstance(structure, OutputReference):
+        listed = isinstance(structure, (list, tuple))
+        if listed and not any(isinstance(s, OutputReference) for s in structure):
+            otf, structure, listed = otf.with_walkers(structure), None, False
+        if listed or isinstance(structure, OutputReference) or self.resume:
+            if listed:
+                structure = [s if isinstance(s, OutputReference) else otf._structure_block(s) for s in structure]
+            elif not isinstance(structure, OutputReference):
                 structure = otf._structure_block(structure)
             register = route(RegisterCampaignMaker(otf=otf, emit=True).make(location, structure), "light",
                              otf.execution)
@@ -232,7 +272,7 @@ class RegisterCampaignMaker(Maker):
     emit: bool = False
 
     @job
-    def make(self, store: str, structure=None):
+    def make(self, store: str | None, structure=None):
         config = self.otf.campaign_config(structure)
         st = open_store(store)
         flow = prepare_campaign(config, st, resume=self.otf.resume)

@@ -13,6 +13,7 @@ from otf_flows.campaign import CampaignConfig
 from otf_flows.checks import error_metrics, passes
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
+from otf_flows.lineage import claim, current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.md import MDSegmentMaker
@@ -22,24 +23,31 @@ from otf_flows.jobs.validate import ValidateMaker
 from otf_flows.md.state import model_labels_of_check, state_id
 from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
+from otf_flows.walkers import names as walker_names
+from otf_flows.walkers import track, walker_config
 
 
-def iteration_flow(config: CampaignConfig, store: str, state_id: str, model_id, step: int, interval: int) -> Flow:
+def iteration_flow(config: CampaignConfig, store: str | None, state_id: str, model_id, step: int, interval: int,
+                   walker: str | None = None) -> Flow:
     """One iteration: ML-MD segment → reference check → compare + decide, each Maker carrying ``config``.
 
-    ``interval`` is the schedule's interval; the segment is cut at ``config.md.total_steps``.
-    ``config.execution`` (the campaign's resources per job kind) routes each job.
+    ``interval`` is the schedule's interval; the segment is cut at ``config.md.total_steps`` (of
+    ``walker``, in a campaign with walkers). ``config.execution`` (the campaign's resources per job
+    kind) routes each job.
     """
     campaign, execution = config.name, config.execution
-    n_steps = min(interval, config.md.total_steps - step)
-    md = route(MDSegmentMaker(config=config).make(campaign, store, state_id, model_id, n_steps), "md", execution)
-    md.name = f"ml-md {step}->{step + n_steps}"
-    check = route(ReferenceCheckMaker(config=config).make(campaign, store, md.output), "dft", execution)
-    check.name = f"reference check {step + n_steps}"
-    decide = route(DecideMaker(config=config).make(campaign, store, md.output, check.output, interval, n_steps),
-                   "light", execution)
-    decide.name = f"decide {step + n_steps}"
-    return Flow([md, check, decide], name=f"iteration {step + n_steps}")
+    total = walker_config(config, walker).md.total_steps
+    n_steps = min(interval, total - step)
+    at = f"{walker} " if walker else ""
+    md = route(MDSegmentMaker(config=config, walker=walker).make(campaign, store, state_id, model_id, n_steps), "md",
+               execution)
+    md.name = f"ml-md {at}{step}->{step + n_steps}"
+    check = route(ReferenceCheckMaker(config=config, walker=walker).make(campaign, store, md.output), "dft", execution)
+    check.name = f"reference check {at}{step + n_steps}"
+    decide = route(DecideMaker(config=config, walker=walker).make(campaign, store, md.output, check.output, interval,
+                                                                  n_steps), "light", execution)
+    decide.name = f"decide {at}{step + n_steps}"
+    return Flow([md, check, decide], name=f"iteration {at}{step + n_steps}")
 
 
 def _validate_now(settings, store, campaign: str) -> bool:
@@ -79,14 +87,14 @@ def invalid_labels(frame, guard) -> str | None:
     return None
 
 
-def rollback_target(store, campaign: str, start, guard):
+def rollback_target(store, campaign: str, start, guard, walker: str | None = None):
     """Where to continue after a guard trip: the segment's start, or further back if trips repeat there.
 
     Raises :class:`OtfError` when, with this trip, ``guard.max_consecutive_trips`` of the last
     ``guard.trip_window`` checks (default 2 × max_consecutive_trips) were guard trips, passed
     checks in between or not: the campaign stops (resumable) rather than loop.
     """
-    recent = store.checks(campaign)
+    recent = [c for c in store.checks(campaign) if c.walker == walker]  # this walker's trajectory
     window = guard.trip_window or 2 * guard.max_consecutive_trips
     latest = sorted(recent, key=lambda c: c.created_at)[max(len(recent) - (window - 1), 0):]
     trips = 1 + sum(1 for c in latest if c.kind == "guard")
@@ -104,7 +112,7 @@ def rollback_target(store, campaign: str, start, guard):
     return target
 
 
-def rerun_repeats(store, campaign: str, state, target, model_id: str, n_steps: int) -> bool:
+def rerun_repeats(store, campaign: str, state, target, model_id: str, n_steps: int, walker: str | None = None) -> bool:
     """Whether the segment from ``target`` with ``model_id`` for ``n_steps`` would hand back ``state`` again.
 
     The ML-MD job returns the stored segment of the same start and model (the MD is
@@ -114,13 +122,14 @@ def rerun_repeats(store, campaign: str, state, target, model_id: str, n_steps: i
     """
     if state.start_state_id != target.state_id or state.model_id != model_id:
         return False
-    same_length = store.find_state(state_id(campaign, target.step + n_steps, model_id))
+    same_length = store.find_state(state_id(track(campaign, walker), target.step + n_steps, model_id))
     if same_length is not None and same_length.start_state_id == target.state_id:
         return same_length.state_id == state.state_id
     return bool(state.stopped_early or getattr(state, "uncertainty_stop", None))
 
 
-def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total_steps: int, can_update: bool) -> None:
+def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total_steps: int, can_update: bool,
+                          walker: str | None = None) -> None:
     """Stop the campaign (:class:`OtfError`, resumable) when the rollback of check ``doc`` would repeat it.
 
     That happens when the model cannot change (``can_update: false``, or its refit failed and
@@ -131,7 +140,7 @@ def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total
         return
     target = store.get_state(doc.rolled_back_state_id)
     n_steps = min(doc.new_interval, total_steps - target.step)
-    if n_steps < 1 or not rerun_repeats(store, campaign, state, target, model_id, n_steps):
+    if n_steps < 1 or not rerun_repeats(store, campaign, state, target, model_id, n_steps, walker):
         return
     what = f"blow-up guard tripped ({doc.guard_reason})" if doc.kind == "guard" else f"check at step {doc.step} failed"
     why = (f"its refit failed: {doc.refit_error.splitlines()[0][:120]}" if doc.refit_error
@@ -158,7 +167,7 @@ class FinishMaker(Maker):
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
 
     @job
-    def make(self, campaign: str, store: str, model_id: str):
+    def make(self, campaign: str, store: str | None, model_id: str):
         st, _ = job_settings(self.config, campaign, store)
         st.update_campaign(campaign, status="completed", model_id=model_id, message=None)
         progress.emit("finished", model_id=model_id)
@@ -180,12 +189,15 @@ class DecideMaker(Maker):
 
     name: str = "compare and decide"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None  # the walker whose check this is (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, segment: dict, check: dict, interval: int, n_steps: int):
-        st, config = job_settings(self.config, campaign, store)
+    def make(self, campaign: str, store: str | None, segment: dict, check: dict, interval: int, n_steps: int):
+        st, shared = job_settings(self.config, campaign, store)  # shared: the campaign's, refits and validation
+        config = walker_config(shared, self.walker)
+        walker = self.walker
         state = st.get_state(segment["state_id"])
-        check_id = f"{campaign}:check:{state.step}:{state.model_id}"
+        check_id = f"{track(campaign, walker)}:check:{state.step}:{state.model_id}"
         doc = st.get_check(check_id)
         p = config.adaptive_method_parameters
         if doc is None:
@@ -212,9 +224,10 @@ class DecideMaker(Maker):
                 if passed and train and config.can_update and config.refit.every_new_labels:
                     refit = new_labels(st, campaign, state.model_id, frame.frame_id) >= config.refit.every_new_labels
                 rollback = guard is not None or (config.rollback_on_fail and refit and not passed)
-                target = rollback_target(st, campaign, start, config.md.guard) if guard else start
+                target = rollback_target(st, campaign, start, config.md.guard, walker) if guard else start
                 doc = CheckDoc(
-                    check_id=check_id, campaign=campaign, step=state.step, interval=state.step - start.step,
+                    check_id=check_id, campaign=campaign, walker=walker, step=state.step,
+                    interval=state.step - start.step,
                     passed=passed, new_interval=new_interval, refit=refit, model_id=state.model_id,
                     frame_id=frame.frame_id, reference_seconds=check.get("reference_seconds", 0.0),
                     kind="guard" if guard else "check", guard_reason=guard,
@@ -232,45 +245,101 @@ class DecideMaker(Maker):
                 elif train:
                     st.mark_training(frame.frame_id, campaign)
                 st.put_check(doc)
-                failpoint("decide.stored")
+                failpoint("decide.stored", walker)
         progress.emit("check", **doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit",
                                                                       "ediff", "fmax", "frmse", "kind",
-                                                                      "trigger", "uncertainty"}))
+                                                                      "trigger", "uncertainty", "walker"}))
         if doc.rolled_back_state_id is not None:
             resume_id = doc.rolled_back_state_id
             resume_step = doc.rolled_back_to
         else:
             resume_id, resume_step = state.state_id, state.step
         pending = check_id if doc.refit and doc.new_model_id is None and doc.refit_error is None else None
-        st.update_campaign(campaign, step=resume_step, state_id=resume_id, interval=doc.new_interval,
-                           pending_refit=pending)
+        total = config.md.total_steps
+        if walker is None:
+            st.update_campaign(campaign, step=resume_step, state_id=resume_id, interval=doc.new_interval,
+                               pending_refit=pending)
+        else:  # only this walker's document: walkers side by side never write the same one
+            st.update_walker(campaign, walker, step=resume_step, state_id=resume_id, interval=doc.new_interval,
+                             pending_refit=pending, status="running" if resume_step < total else "completed",
+                             segment_start_state_id=None, segment_model_id=None)
         jobs = []
         next_model = doc.new_model_id or doc.model_id
         if pending:
             fit = route(
-                RefitMaker(config=config).make(campaign, store, parent_model_id=doc.model_id, trigger_check_id=check_id),
+                RefitMaker(config=shared, walker=walker).make(campaign, store, parent_model_id=doc.model_id,
+                                                              trigger_check_id=check_id),
                 "fit", config.execution,
             )
-            fit.name = f"refit after check {state.step}"
+            fit.name = f"refit after check {walker + ' ' if walker else ''}{state.step}"
             jobs.append(fit)
             next_model = fit.output["model_id"]
             if _validate_now(config.validation, st, campaign):
-                validate = route(ValidateMaker(config=config).make(campaign, store, next_model), "light", config.execution)
-                validate.name = f"validate after check {state.step}"
+                validate = route(ValidateMaker(config=shared, walker=walker).make(campaign, store, next_model), "light",
+                                 config.execution)
+                validate.name = f"validate after check {walker + ' ' if walker else ''}{state.step}"
                 jobs.append(validate)
                 if config.validation.promotion is not None and config.validation.promotion.keep_parent:
                     next_model = validate.output["model_id"]
+        if walker is not None and not pending:  # the walker's next segment takes the campaign's newest model
+            gate = config.validation.promotion
+            newest = current_model(st, campaign, keep_parent=gate is not None and gate.keep_parent)
+            if newest is not None and newest.version > st.get_model(next_model).version:
+                next_model = newest.model_id
         if not pending:  # a rollback that the same model would re-run stops the campaign instead of looping
-            stop_if_rerun_repeats(st, campaign, doc, state, next_model, config.md.total_steps, config.can_update)
-        total = config.md.total_steps
+            stop_if_rerun_repeats(st, campaign, doc, state, next_model, config.md.total_steps, config.can_update,
+                                  walker)
         if resume_step < total:
             jobs.append(
-                iteration_flow(config, store, resume_id, next_model, resume_step, doc.new_interval)
+                iteration_flow(shared, store, resume_id, next_model, resume_step, doc.new_interval, walker)
             )
-        else:
-            final = route(ValidateMaker(config=config).make(campaign, store, next_model), "light", config.execution)
-            final.name = "validate final model"
-            jobs += [final, route(FinishMaker(config=config).make(campaign, store, final.output["model_id"]), "light",
-                                  config.execution)]
+        elif walker is None:
+            jobs += final_jobs(shared, store, next_model)
+        elif pending:  # the walker's last refit first: then maybe the campaign's end
+            end = route(WalkerEndMaker(config=shared, walker=walker).make(campaign, store, next_model), "light",
+                        config.execution)
+            end.name = f"end of walker {walker}"
+            jobs.append(end)
+        elif last_walker(st, shared, walker):
+            jobs += final_jobs(shared, store, next_model)
         output = doc.model_dump(mode="json", include={"step", "passed", "new_interval", "refit", "model_id"})
+        if not jobs:  # a walker at its end while others still run: its chain ends here
+            return output
         return Response(output=output, addition=Flow(jobs, name=f"after check {state.step}"))
+
+
+def final_jobs(config: CampaignConfig, store: str, model_id) -> list:
+    """Validation of the final model and the end of the campaign (``model_id`` may be an output reference)."""
+    final = route(ValidateMaker(config=config).make(config.name, store, model_id), "light", config.execution)
+    final.name = "validate final model"
+    return [final, route(FinishMaker(config=config).make(config.name, store, final.output["model_id"]), "light",
+                         config.execution)]
+
+
+@dataclass
+class WalkerEndMaker(Maker):
+    """After the refit of a walker's last check: the campaign's end if every walker has finished."""
+
+    name: str = "end of walker"
+    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None
+
+    @job
+    def make(self, campaign: str, store: str, model_id: str):
+        st, config = job_settings(self.config, campaign, store)
+        if not last_walker(st, config, self.walker):
+            return {"model_id": model_id, "last": False}
+        gate = config.validation.promotion
+        newest = current_model(st, campaign, keep_parent=gate is not None and gate.keep_parent)
+        return Response(output={"model_id": newest.model_id, "last": True},
+                        addition=Flow(final_jobs(config, store, newest.model_id), name=f"end of {campaign}"))
+
+
+def last_walker(store, config: CampaignConfig, walker: str) -> bool:
+    """Whether ``walker``, just completed, ends the campaign: every walker has completed with no refit pending,
+    and this one is the first to claim the final validation (walkers finishing at once in different processes
+    claim it once)."""
+    done = {w.walker for w in store.walkers(config.name) if w.status == "completed" and w.pending_refit is None}
+    if not all(name in done for name in walker_names(config)):
+        return False
+    return claim(store, config.name, "finish", walker)

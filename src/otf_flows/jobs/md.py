@@ -10,12 +10,14 @@ from otf_flows import progress
 from otf_flows.campaign import CampaignConfig
 from otf_flows.errors import ConfigError
 from otf_flows.faults import failpoint
+from otf_flows.lineage import current_model
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.routing import omp_threads
 from otf_flows.md.guard import make_guard
 from otf_flows.md.segment import UncertaintyMonitor, run_segment
 from otf_flows.md.state import state_doc, state_from_doc, state_id
 from otf_flows.ml.registry import get_backend, model_dir
+from otf_flows.walkers import track, walker_config
 
 
 @dataclass
@@ -24,17 +26,23 @@ class MDSegmentMaker(Maker):
 
     The end state (positions, velocities, cell, RNG state, step) and the model's energy,
     forces and virial of the last frame are stored; the trajectory goes to the blob store.
-    The blow-up guard may stop the segment early; the output says why.
+    The blow-up guard may stop the segment early; the output says why. A walker's segment
+    (``walker`` set) runs with the campaign's newest model when it starts, ``model_id`` or a newer
+    one (:func:`segment_model`).
     """
 
     name: str = "ml-md segment"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None  # the walker whose trajectory continues (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, start_state_id: str, model_id: str, n_steps: int):
+    def make(self, campaign: str, store: str | None, start_state_id: str, model_id: str, n_steps: int):
         st, config = job_settings(self.config, campaign, store)
+        if self.walker is not None:
+            model_id = segment_model(st, config, self.walker, start_state_id, model_id)
+        config = walker_config(config, self.walker)
         start = st.get_state(start_state_id)
-        done = st.find_state(state_id(campaign, start.step + n_steps, model_id))
+        done = st.find_state(state_id(track(campaign, self.walker), start.step + n_steps, model_id))
         if done is None or done.start_state_id != start_state_id:
             # a guard-stopped segment ends earlier; look it up by its start
             done = _stopped(st, start_state_id, model_id)
@@ -45,13 +53,13 @@ class MDSegmentMaker(Maker):
                     "start_state_id": start_state_id}
 
         def on_step(step: int) -> None:
-            progress.emit("md_step", step=step)
-            failpoint("md.step")
+            progress.emit("md_step", step=step, walker=self.walker)
+            failpoint("md.step", self.walker)
 
         threads = omp_threads("md", config.execution) or config.model.num_threads
         backend = get_backend(st.get_model(model_id).backend)
         with timed(st, campaign, "ml_md", self.name, f"{campaign}:md:{start_state_id}:{model_id}:{n_steps}",
-                   start.step), backend.threads(threads):
+                   start.step, self.walker), backend.threads(threads):
             calc = backend.calculator(model_dir(st, model_id, config.execution.cache_dir), cached=True)
             monitor = uncertainty_monitor(st, campaign, config.uncertainty, model_id, calc, backend)
             result = run_segment(
@@ -62,7 +70,8 @@ class MDSegmentMaker(Maker):
         traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
         virial = None if result.virial is None else result.virial.tolist()
         doc = state_doc(
-            campaign, result.state, model_id=model_id, ml_energy=result.energy, ml_forces=result.forces.tolist(),
+            campaign, result.state, model_id=model_id, walker=self.walker, ml_energy=result.energy,
+            ml_forces=result.forces.tolist(),
             ml_virial=virial, trajectory=traj, stopped_early=result.stopped_early, start_state_id=start_state_id,
             uncertainty_stop=result.uncertainty_stop, ml_uncertainty=result.uncertainty,
             uncertainty_threshold=None if monitor is None else monitor.threshold,
@@ -72,6 +81,23 @@ class MDSegmentMaker(Maker):
         st.put_state(doc)
         return {"state_id": doc.state_id, "step": doc.step, "stopped_early": result.stopped_early,
                 "start_state_id": start_state_id}
+
+
+def segment_model(store, config: CampaignConfig, walker: str, start_state_id: str, model_id: str) -> str:
+    """The model of a walker's segment from ``start_state_id``: the campaign's newest when the segment first
+    runs (at least ``model_id``, the one the graph names, e.g. the refit after the walker's failed check),
+    recorded in the walker's document so that a rerun of the segment (after a kill) uses the same one."""
+    doc = store.get_walker(config.name, walker)
+    given = store.get_model(model_id)
+    if doc is not None and doc.segment_start_state_id == start_state_id and doc.segment_model_id is not None:
+        pinned = store.get_model(doc.segment_model_id)
+        if pinned.version >= given.version:
+            return pinned.model_id
+    gate = config.validation.promotion
+    newest = current_model(store, config.name, keep_parent=gate is not None and gate.keep_parent)
+    chosen = newest.model_id if newest is not None and newest.version > given.version else model_id
+    store.update_walker(config.name, walker, segment_start_state_id=start_state_id, segment_model_id=chosen)
+    return chosen
 
 
 def calibrated_threshold(store, campaign: str, settings, model_id: str) -> float | None:

@@ -27,6 +27,7 @@ from otf_flows.reference.registry import get_engine
 from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
 from otf_flows.schemas.documents import FrameDoc
 from otf_flows.structures import build_structure
+from otf_flows.walkers import track, walker_config
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ class ReferenceCalculator(Calculator):
 
     implemented_properties: ClassVar[list[str]] = ["energy", "forces", "stress"]
 
-    def __init__(self, store, campaign: str, config, first_step: int, workdir: Path):
+    def __init__(self, store, campaign: str, config, first_step: int, workdir: Path, walker: str | None = None):
         super().__init__()
-        self.store, self.campaign = store, campaign  # the settings stay here: the MD loop gets none of them
+        self.store, self.campaign, self.walker = store, campaign, walker  # the MD loop gets none of the settings
         self.engine = reference_engine(config)
         self.ref_hash, self.ref_settings = reference_identity(config)
         self.ref_hashes = _label_hashes(config, self.ref_hash)
@@ -149,15 +150,17 @@ class ReferenceCalculator(Calculator):
             logger.warning("a second reference evaluation within MD step %d", step)
         frame = _stored_label(self.store, self.campaign, "initial_md", step, self.atoms, self.ref_hashes)
         if frame is None:
-            with timed(self.store, self.campaign, "reference", "initial-md", f"{self.campaign}:initial:{step}", step):
+            with timed(self.store, self.campaign, "reference", "initial-md",
+                       f"{track(self.campaign, self.walker)}:initial:{step}", step, self.walker):
                 labels = self._label(step)
             frame = frame_from_labels(
                 self.atoms, labels, source="initial_md", reference_hash=self.ref_hash,
                 reference=self.ref_settings, campaign=self.campaign, md_step=step,
             )
+            frame.walker = self.walker
             self.store.add_frame(frame, training_in=self.campaign)
-            failpoint("initial_md.labelled")
-            progress.emit("reference", step=step, seconds=labels.seconds, kind="initial")
+            failpoint("initial_md.labelled", self.walker)
+            progress.emit("reference", step=step, seconds=labels.seconds, kind="initial", walker=self.walker)
         else:
             self._previous = None  # a label from the store: the next one starts from atomic densities
         self.results["energy"] = frame.energy
@@ -182,30 +185,36 @@ class InitialMDMaker(Maker):
 
     name: str = "initial reference MD"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None  # the walker whose trajectory starts here (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, after=None):
+    def make(self, campaign: str, store: str | None, after=None):
         st, config = job_settings(self.config, campaign, store)
+        config = walker_config(config, self.walker)
         n = config.num_initial_steps
-        start_id = state_id(campaign, n, None)
-        imported = import_previous_data(st, config, campaign)
+        start_id = state_id(track(campaign, self.walker), n, None)
+        imported = import_previous_data(st, config.refit, config.model.initial_model, campaign)
         existing = st.find_state(start_id)
         if existing is None:
             atoms = build_structure(config.structure)
             start = initial_state(atoms, config.md)
             if n == 0:
-                st.put_state(state_doc(campaign, start))
+                st.put_state(state_doc(campaign, start, walker=self.walker))
             else:
-                calc = ReferenceCalculator(st, campaign, config, start.step, Path.cwd() / "reference")
+                calc = ReferenceCalculator(st, campaign, config, start.step, Path.cwd() / "reference", self.walker)
 
                 def on_step(step: int) -> None:
                     calc.advance(step)  # the dynamics, not the number of calls, sets the labels' md_step
-                    progress.emit("md_step", step=step)
+                    progress.emit("md_step", step=step, walker=self.walker)
 
                 result = run_segment(start, calc, config.md, n, config.md.trajectory_interval, progress=on_step)
                 traj = st.put_blob(result.trajectory_xyz) if result.n_frames else None
-                st.put_state(state_doc(campaign, result.state, trajectory=traj))
-        st.update_campaign(campaign, state_id=start_id, step=n, status="running")
+                st.put_state(state_doc(campaign, result.state, walker=self.walker, trajectory=traj))
+        if self.walker is None:
+            st.update_campaign(campaign, state_id=start_id, step=n, status="running")
+        elif st.get_walker(campaign, self.walker) is None:  # a rerun keeps the progress the walker made since
+            st.update_walker(campaign, self.walker, state_id=start_id, step=n, interval=config.check_interval,
+                             total_steps=config.md.total_steps)
         return {"state_id": start_id, "step": n, "n_imported": imported}
 
 
@@ -217,30 +226,35 @@ class ReferenceCheckMaker(Maker):
 
     name: str = "reference check"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None  # the walker whose frame is checked (None: a campaign without walkers)
 
     @job
-    def make(self, campaign: str, store: str, segment: dict):
+    def make(self, campaign: str, store: str | None, segment: dict):
         st, config = job_settings(self.config, campaign, store)
         state = st.get_state(segment["state_id"])
+        failpoint("check.start", self.walker)
         atoms, step = checked_frame(state)
         ref_hash, ref_settings = reference_identity(config)
         frame = _stored_label(st, campaign, "check", step, atoms, _label_hashes(config, ref_hash))
         seconds = 0.0
         if frame is None:
             engine = reference_engine(config)
-            with timed(st, campaign, "reference", self.name, f"{campaign}:ref:{state.state_id}", state.step):
+            with timed(st, campaign, "reference", self.name, f"{campaign}:ref:{state.state_id}", state.step,
+                       self.walker):
                 labels: Labels = engine.label(atoms, Path.cwd() / f"check_{step:06d}")
+                failpoint("check.computing", self.walker)
             seconds = labels.seconds
             frame = frame_from_labels(
                 atoms, labels, source="check", reference_hash=ref_hash, reference=ref_settings,
                 campaign=campaign, md_step=step,
             )
+            frame.walker = self.walker
             st.add_frame(frame)
-            failpoint("check.labelled")
+            failpoint("check.labelled", self.walker)
         else:
             entry = st.collection("ledger").query_one({"entry_id": f"{campaign}:ref:{state.state_id}"})
             seconds = entry["seconds"] if entry else 0.0
-        progress.emit("reference", step=step, seconds=seconds, kind="check")
+        progress.emit("reference", step=step, seconds=seconds, kind="check", walker=self.walker)
         return {"frame_id": frame.frame_id, "step": step, "reference_seconds": seconds}
 
 

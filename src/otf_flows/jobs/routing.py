@@ -31,6 +31,7 @@ def route(job: Job | Flow, kind: str, execution) -> Job | Flow:
     for j in jobs:
         j.config.manager_config = manager_config(kind, execution)
         j.config.pass_manager_config = False
+        j.config.expose_store = True  # a job without a store location uses the one it runs in (jobs/base.py)
         j.metadata["otf_kind"] = kind
     return job
 

@@ -37,9 +37,10 @@ class ValidateMaker(Maker):
 
     name: str = "validate"
     config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    walker: str | None = None  # the walker whose check asked for the refit validated here (None: none)
 
     @job
-    def make(self, campaign: str, store: str, model_id: str):
+    def make(self, campaign: str, store: str | None, model_id: str):
         st, config = job_settings(self.config, campaign, store)
         settings = config.validation
         names = list(settings.benchmarks) + ([CHECKS] if settings.checks else [])
@@ -60,7 +61,8 @@ class ValidateMaker(Maker):
             model = self._gate(st, model, names, gate, cache)
             if model.flags and gate.keep_parent:
                 chosen = model.parent_model_id
-                st.update_campaign(campaign, model_id=chosen)
+                if config.walkers is None:  # with walkers the newest unflagged model is the current one
+                    st.update_campaign(campaign, model_id=chosen)
         progress.emit("validated", model_id=model_id, benchmarks=sorted(results), kept=chosen)
         output = {"model_id": chosen, "benchmarks": sorted(results), "flags": model.flags}
         physical = final_benchmarks(st, config, campaign, store, chosen)  # validation.physical, after the last step

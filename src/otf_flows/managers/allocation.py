@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from otf_flows.errors import InputError, OtfError
@@ -45,8 +46,9 @@ _TIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
 
 
 def launchers_dir() -> Path:
-    """The repository's ``launchers/`` folder (templates for batch scripts and FireWorks)."""
-    return Path(__file__).resolve().parents[3] / "launchers"
+    """The templates for batch scripts and FireWorks, shipped in the package (``otf_flows/launchers``; in a
+    source checkout also reached as ``launchers/``)."""
+    return Path(str(resources.files("otf_flows") / "launchers"))
 
 
 def walltime_seconds(text: str) -> int:

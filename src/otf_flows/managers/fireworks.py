@@ -69,7 +69,7 @@ class OtfJobStore(JobStore):
     """
 
     def __init__(self, location: str):
-        self.location = location
+        self.location = self.otf_location = location  # otf_location: the store its jobs use (jobs/base.py)
         otf = OtfStore(location)
         # the same backends as OtfStore.jobstore, not yet connected
         super().__init__(otf.make_store("jobs"), additional_stores={"data": otf.make_store("jobs_data")})

@@ -8,6 +8,7 @@ from ase import Atoms
 
 from otf_flows.md.segment import MDState
 from otf_flows.schemas.documents import StateDoc
+from otf_flows.walkers import track
 
 __all__ = ["checked_frame", "model_labels_of_check", "state_doc", "state_from_doc", "state_id"]
 
@@ -17,12 +18,14 @@ def state_id(campaign: str, step: int, model_id: str | None) -> str:
     return f"{campaign}:state:{step}:{model_id or 'initial'}"
 
 
-def state_doc(campaign: str, state: MDState, model_id: str | None = None, **extra) -> StateDoc:
-    """A state document for ``state`` reached with ``model_id``."""
+def state_doc(campaign: str, state: MDState, model_id: str | None = None, walker: str | None = None,
+              **extra) -> StateDoc:
+    """A state document for ``state`` of ``walker`` (None: a campaign without walkers) reached with ``model_id``."""
     return StateDoc(
-        state_id=state_id(campaign, state.step, model_id),
+        state_id=state_id(track(campaign, walker), state.step, model_id),
         model_id=model_id,
         campaign=campaign,
+        walker=walker,
         step=state.step,
         numbers=state.numbers.tolist(),
         positions=state.positions.tolist(),

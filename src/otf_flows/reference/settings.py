@@ -33,7 +33,7 @@ SCF_PATH_UPDATES = frozenset({"alpha", "beta", "nbuffer", "mixing_method", "n_si
 class AseReference(Strict):
     """Reference engine: any ASE calculator, named by import path."""
 
-    engine: Literal["ase"] = "ase"
+    engine: Literal["ase"] = Field("ase", description="Reference engine: any ASE calculator, named by import path.")
     calculator: str = Field(description="Import path of an ASE calculator class, e.g. ase.calculators.emt.EMT.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the calculator.")
     retries: int = Field(1, ge=0, description="Extra attempts after a failed reference calculation.")

@@ -23,8 +23,8 @@ def write_report(store, campaign: str, out_dir, calculator=None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = collect(store, campaign, calculator)
-    table = performance_table(data.campaign.wall_seconds, data.time_split, data.n_dft_calls, data.campaign.step,
-                              len(data.models))
+    steps = sum(w.step for w in store.walkers(campaign)) or data.campaign.step  # over all walkers
+    table = performance_table(data.campaign.wall_seconds, data.time_split, data.n_dft_calls, steps, len(data.models))
     figures = {
         "errors_vs_step": plots.plot_errors_vs_step(data, out / "errors_vs_step.png"),
         "interval_vs_step": plots.plot_interval_vs_step(data, out / "interval_vs_step.png"),

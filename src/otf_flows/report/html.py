@@ -109,7 +109,10 @@ def _check_time(data: CampaignData) -> str:
         return "<p class='muted'>No checks yet.</p>"
     rows = []
     last = checks[-5:]
-    for name, subset in (("all checks", checks), (f"last {len(last)} checks", last)):
+    groups = [("all checks", checks), (f"last {len(last)} checks", last)]
+    for walker in sorted({c.walker for c in checks if c.walker is not None}):  # one row per walker
+        groups.append((f"walker {walker}", [c for c in checks if c.walker == walker]))
+    for name, subset in groups:
         cells = [escape(name), str(len(subset)), f"{sum(c.passed for c in subset)}"]
         for key, fmt in (("ediff", "{:.4f}"), ("frmse", "{:.3f}"), ("fmax", "{:.3f}")):
             values = [getattr(c, key) for c in subset if getattr(c, key) is not None]

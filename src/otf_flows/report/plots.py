@@ -27,6 +27,7 @@ __all__ = [
 DPI = 130
 PASSED, FAILED, REFIT, INITIAL = "tab:blue", "tab:red", "0.55", "#dbe9f6"
 TRAINED, HELD_OUT = "tab:blue", "tab:orange"
+WALKER_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 def _figure(width: float, height: float):
@@ -311,8 +312,16 @@ def plot_structure(data: CampaignData, path: Path, r_max: float = 6.0, dr: float
     ax_g, ax_a = fig.subplots(1, 2)
     checked = [frame_to_atoms(f) for f in data.frames if f.source != "initial_md"]
     initial = [frame_to_atoms(f) for f in data.frames if f.source == "initial_md"]
-    sets = [(f"ML-MD trajectory ({len(data.trajectory)} frames)", data.trajectory, "tab:green", "-"),
-            (f"DFT check frames ({len(checked)})", checked, "k", "--"),
+    walkers = sorted({a.info["walker"] for a in data.trajectory if "walker" in a.info})
+    if walkers:  # one g(r) per walker: each its own conditions
+        palette = [WALKER_COLOURS[i % len(WALKER_COLOURS)] for i in range(len(walkers))]
+        sets = []
+        for name, colour in zip(walkers, palette):
+            own = [a for a in data.trajectory if a.info.get("walker") == name]
+            sets.append((f"ML-MD {name} ({len(own)} frames)", own, colour, "-"))
+    else:
+        sets = [(f"ML-MD trajectory ({len(data.trajectory)} frames)", data.trajectory, "tab:green", "-")]
+    sets += [(f"DFT check frames ({len(checked)})", checked, "k", "--"),
             (f"initial DFT-MD frames ({len(initial)})", initial, "tab:purple", ":")]
     sets = [s for s in sets if s[1] and all(a.pbc.all() for a in s[1])]
     fig.suptitle(f"{data.campaign.name}: structure of the ML-MD trajectory and of the DFT-labelled frames")
@@ -341,7 +350,7 @@ def plot_structure(data: CampaignData, path: Path, r_max: float = 6.0, dr: float
     ax_g.set_ylabel("g(r)")
     ax_g.set_xlim(0, r_max)
     ax_g.set_title("radial distribution function", fontsize=10)
-    fig.legend(loc="outside lower center", ncols=len(curves), fontsize=9, frameon=False)
+    fig.legend(loc="outside lower center", ncols=min(len(curves), 4), fontsize=9, frameon=False)
     if cutoff:
         ax_g.axvline(cutoff, color="0.5", ls=":", lw=1)
         ax_a.set_title(f"bond angles (neighbours within {cutoff:.2f} Å, the first minimum of g)", fontsize=10)

@@ -54,6 +54,8 @@ class FrameDoc(_Doc):
     campaign: str | None = Field(None, description="Campaign that produced the frame (None for imports).")
     source: Literal["initial_md", "check", "import"] = Field(description="How the frame was made.")
     md_step: int | None = Field(None, description="MD step of the frame in its campaign.")
+    walker: str | None = Field(None, description="Walker whose trajectory produced the frame (None: a campaign "
+                               "without walkers).")
     config_type: str = Field("otf", description="Label used for per-type sigmas and metrics.")
     numbers: list[int] = Field(description="Atomic numbers.")
     positions: list[list[float]] = Field(description="Cartesian positions (Å).")
@@ -95,6 +97,8 @@ class CheckDoc(_Doc):
     kind: Literal["check", "guard"] = Field("check", description="A scheduled check, or the DFT check of a "
                                             "frame where the blow-up guard stopped a segment.")
     campaign: str
+    walker: str | None = Field(None, description="Walker whose trajectory was checked (None: a campaign "
+                               "without walkers).")
     step: int = Field(description="MD step at which the checked segment ended (its checked frame unless frame_step).")
     frame_step: int | None = Field(None, description="MD step of the checked frame when it is not the segment's "
                                    "last (uncertainty.check: most_uncertain).")
@@ -137,6 +141,11 @@ class ModelDoc(_Doc):
     n_training_frames: int
     trigger_check_id: str | None = Field(None, description="Check that triggered the fit (None for the first).")
     trigger_check_step: int | None = Field(None, description="MD step of the triggering check.")
+    trigger_walker: str | None = Field(None, description="Walker whose check triggered the fit (None: the first "
+                                       "fit, or a campaign without walkers).")
+    merged_check_ids: list[str] = Field(
+        default_factory=list, description="Failed checks of other walkers that asked for a refit while this "
+        "model was fitted or waited: their labels are in its training set, so no refit of their own was run.")
     fit_settings: dict[str, Any] = Field(
         default_factory=dict, description="Fit settings: the command line (gap_fit or mace run_train arguments) and "
         "the backend's settings; MACE also started_from (scratch, parent, foundation).")
@@ -156,6 +165,8 @@ class StateDoc(_Doc):
     state_id: str = Field(description="'<campaign>:state:<step>:<model_id or initial>'.")
     start_state_id: str | None = Field(None, description="State the segment ending here started from.")
     campaign: str
+    walker: str | None = Field(None, description="Walker whose trajectory the state belongs to (None: a campaign "
+                               "without walkers).")
     step: int
     numbers: list[int]
     positions: list[list[float]] = Field(description="Å")
@@ -192,7 +203,11 @@ class LedgerEntry(_Doc):
     seconds: float
     job: str = Field(description="Job name.")
     step: int | None = None
-    created_at: datetime = Field(default_factory=now)
+    walker: str | None = Field(None, description="Walker whose trajectory the job belongs to (None: a campaign "
+                               "without walkers).")
+    started_at: datetime | None = Field(None, description="When the job's timed work started (UTC; None: "
+                                        "recorded before start times were kept: created_at - seconds).")
+    created_at: datetime = Field(default_factory=now, description="When the job's timed work ended (UTC).")
 
 
 class CampaignDoc(_Doc):

@@ -27,7 +27,7 @@ class Cp2kReference(Strict):
     10-25 s on two cores; they are a checking level of theory, not a converged one.
     """
 
-    engine: Literal["cp2k"] = "cp2k"
+    engine: Literal["cp2k"] = Field("cp2k", description="Reference engine: CP2K via atomate2 and custodian.")
     retries: int = Field(1, ge=0, description="Extra attempts after a failed reference calculation.")
 
     cp2k_cmd: str = Field(
@@ -35,7 +35,7 @@ class Cp2kReference(Strict):
         description="Command running CP2K, split like a shell would (no pipes or redirection), "
         "e.g. 'cp2k.psmp' or 'mpirun -np 4 cp2k.psmp'; custodian appends '-i cp2k.inp'. "
         "{ntasks} and {nodes} are the batch allocation's task and node counts, e.g. 'srun -n {ntasks} cp2k.psmp' "
-        "or 'mpirun -np {ntasks} cp2k.psmp' (see docs/cluster.md). "
+        "or 'mpirun -np {ntasks} cp2k.psmp' (see docs/tutorials/cluster.md). "
         "A bare cp2k.psmp/cp2k not on PATH falls back to the other usual CP2K names. "
         "Not part of the labels' identity: may change on --resume.",
     )

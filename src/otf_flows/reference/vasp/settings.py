@@ -24,7 +24,7 @@ class VaspReference(Strict):
     ``incar_updates``.
     """
 
-    engine: Literal["vasp"] = "vasp"
+    engine: Literal["vasp"] = Field("vasp", description="Reference engine: VASP via atomate2 and custodian.")
     retries: int = Field(1, ge=0, description="Extra attempts after a failed reference calculation.")
 
     vasp_cmd: str = Field(

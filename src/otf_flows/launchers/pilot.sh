@@ -3,7 +3,7 @@
 # from the LaunchPad -- of every campaign in it -- until nothing of those kinds is ready or running, or
 # until the allocation's time is nearly up. No firework waits in the batch queue on its own.
 #
-# Started by launchers/pilot.slurm and launchers/pilot.pbs (docs/cluster.md, "FireWorks pilot"); edit those,
+# Started by launchers/pilot.slurm and launchers/pilot.pbs (docs/tutorials/cluster.md, "FireWorks pilot"); edit those,
 # not this file. Settings, from the environment:
 #
 #   OTF_FW_DIR        directory with my_launchpad.yaml and my_fworker_<kind>.yaml (required; on a file
