@@ -103,6 +103,10 @@ def test_report_writes_every_figure_and_the_page(campaign):
     st = OtfStore(str(store))
     n_dft = len(st.frames_of("cu-report"))
     assert re.search(rf"DFT calls \(initial MD \+ checks\)</td><td>{n_dft}<", page)
+    # the latest model's card next to the report, linked from it
+    card = json.loads((out / "model_card" / "model_card.json").read_text())
+    assert card["model"]["model_id"] == st.require_campaign("cu-report").model_id
+    assert "href='model_card/model_card.html'" in page and (out / "model_card" / "model_card.html").is_file()
 
 
 def test_report_of_unknown_campaign_is_an_input_error(campaign, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.units import GPa
@@ -275,10 +276,7 @@ def test_hole_search_with_dft_check(cu_store, tmp_path):
     lowest = min(r["energy_per_atom"] for r in stored["structures"])
     assert len(checked) == 1 and checked[0]["energy_per_atom"] == lowest
     row = checked[0]
-    atoms = bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1))
-    atoms.set_cell(row["cell"])
-    atoms.set_atomic_numbers(row["numbers"])
-    atoms.set_positions(row["positions"])
+    atoms = Atoms(numbers=row["numbers"], positions=row["positions"], cell=row["cell"], pbc=True)
     atoms.calc = EMT()
     assert row["dft_energy_per_atom"] == pytest.approx(atoms.get_potential_energy() / len(atoms), abs=1e-9)
     assert row["verdict"].startswith(("hole", "not a hole"))

@@ -706,6 +706,12 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             raise ConfigError(f"refit.previous_data: {item!r} does not exist (looked in {base})")
         resolved.append(str(path))
     config.refit.previous_data = resolved
+    for k, bench in enumerate(config.validation.physical):
+        path = Path(absolute_path(bench.structure, base))
+        if not path.is_file():
+            raise ConfigError(f"validation.physical.{k}.structure: {bench.structure!r} does not exist "
+                              f"(looked in {base})")
+        bench.structure = str(path)
     errors = resolve_structure_files(config, base)
     if errors:
         raise ConfigError(errors[0])
@@ -715,12 +721,6 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
             CampaignConfig.model_validate(walker)
         except ValidationError as err:
             raise ConfigError(f"walkers: walker {spec.name!r}: {_format_error(err, walker)}") from None
-    for k, bench in enumerate(config.validation.physical):
-        path = Path(absolute_path(bench.structure, base))
-        if not path.is_file():
-            raise ConfigError(f"validation.physical.{k}.structure: {bench.structure!r} does not exist "
-                              f"(looked in {base})")
-        bench.structure = str(path)
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
         value = getattr(config.execution, key)
         if value is not None:

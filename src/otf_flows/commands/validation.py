@@ -220,9 +220,10 @@ def holes_cmd(
                    | {"structures": [{k: v for k, v in r.items() if k not in ("positions", "cell", "numbers")}
                                      for r in doc["structures"]]})
         return
-    rows = [{"#": r["index"], "E model (eV/at)": r["energy_per_atom"], "V (Å³/at)": r["volume_per_atom"],
+    rows = [{"#": r["index"], "E model (eV/at)": f"{r['energy_per_atom']:.4f}", "V (Å³/at)": r["volume_per_atom"],
              "min d (Å)": r["min_distance_A"], "steps": r["steps"], "flagged": r["flagged"],
-             "E DFT (eV/at)": r.get("dft_energy_per_atom"), "verdict": r.get("verdict")}
+             "E DFT (eV/at)": None if r.get("dft_energy_per_atom") is None else f"{r['dft_energy_per_atom']:.4f}",
+             "verdict": r.get("verdict")}
             for r in sorted(doc["structures"], key=lambda r: r["energy_per_atom"])]
     print_table(rows, list(rows[0]), f"{model_id}: {doc['n_structures']} random {doc['formula']} structures")
     typer.echo(f"lowest model energy {doc['lowest_energy_per_atom']:.4f} eV/atom; lowest DFT energy of the campaign "

@@ -121,8 +121,8 @@ def verdict(model_e: float, dft_e: float, margin: float) -> str:
     places it more than ``|margin|`` below its DFT energy."""
     margin = abs(margin)
     if model_e < dft_e - margin:
-        return f"hole: the model is {1000 * (dft_e - model_e):.0f} meV/atom below DFT"
-    return f"not a hole: model within {1000 * margin:.0f} meV/atom of DFT ({1000 * (model_e - dft_e):+.0f})"
+        return f"hole: the model is {1000 * (dft_e - model_e):.1f} meV/atom below DFT"
+    return f"not a hole: model - DFT = {1000 * (model_e - dft_e):+.1f} meV/atom (a hole: below -{1000 * margin:.0f})"
 
 
 def campaign_scales(store, model) -> dict:

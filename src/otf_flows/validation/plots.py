@@ -156,7 +156,7 @@ def plot_phonons(doc: dict, path: Path) -> Path:
 
 def plot_holes(doc: dict, path: Path) -> Path:
     """Relaxed model energies per atom of the random structures against volume, with the DFT floor."""
-    fig = _figure(5.0, 3.6)
+    fig = _figure(7.0, 3.6)
     ax = fig.subplots()
     rows = doc.get("structures", [])
     if not rows:
@@ -165,7 +165,8 @@ def plot_holes(doc: dict, path: Path) -> Path:
     v = np.array([r["volume_per_atom"] for r in rows])
     e = np.array([r["energy_per_atom"] for r in rows])
     flagged = np.array([r["flagged"] for r in rows], dtype=bool)
-    ax.plot(v[~flagged], e[~flagged], "o", color=MODEL, label="relaxed with the model")
+    if (~flagged).any():
+        ax.plot(v[~flagged], e[~flagged], "o", color=MODEL, label="relaxed with the model")
     if flagged.any():
         ax.plot(v[flagged], e[flagged], "o", color="tab:red", label="flagged (below the DFT floor − margin)")
     ax.axhline(doc["dft_lowest_energy_per_atom"], color="k", lw=1.0, label="lowest DFT energy of the campaign")
@@ -178,7 +179,7 @@ def plot_holes(doc: dict, path: Path) -> Path:
         ax.plot([], [], "x", color=DFT, label="DFT single point (--dft-check)")
     ax.set_xlabel("volume (Å³/atom)")
     ax.set_ylabel("energy (eV/atom)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"hole search: {len(rows)} random structures relaxed with {doc['model_id']}", fontsize=9)
     return _save(fig, path)
 
