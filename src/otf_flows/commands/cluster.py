@@ -178,12 +178,13 @@ def allocation_end(
     job_id: str = typer.Option(..., "--job-id"), exit_code: int = typer.Option(..., "--exit-code"),
     signal: str = typer.Option("none", "--signal", help="none, warning or term"),
 ) -> None:
-    """Record the end of an allocation; print `resubmit` or `end`."""
+    """Record the end of an allocation; print `resubmit`, `completed` (the campaign is complete) or `end`."""
     if signal not in ("none", "warning", "term"):
         raise InputError(f"--signal: {signal!r} is not one of none, warning, term")
     doc = end_allocation(open_store_arg(store), campaign, job_id=job_id, exit_code=exit_code, signal=signal)
     sys.stderr.write(f"otf allocation {doc.number}: {doc.reason}\n")
-    sys.stdout.write(("resubmit" if doc.resubmit else "end") + "\n")
+    decision = "resubmit" if doc.resubmit else "completed" if doc.reason == "completed" else "end"
+    sys.stdout.write(decision + "\n")
 
 
 @allocation_app.command("next")
