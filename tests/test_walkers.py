@@ -372,6 +372,35 @@ def test_sigkill_of_the_run_with_workers_then_resume(tmp_path):
     _assert_walkers_consistent(st, "killedw", config_from_dict(data))
 
 
+def test_killed_after_a_label_while_another_walker_refits_then_resume(tmp_path):
+    """(d) walker hot is killed after its check's DFT label was stored but before the check was decided, while
+    walker cold's refit made a newer model: --resume re-runs hot's segment with the model it started with,
+    so the stored label is its check's label (no label without a check, no second DFT call)."""
+    data = _tiny("orphan", steps=16, tolerances={"ediff": 1e-6, "fmax": 1e-4},  # every check fails: refits
+                 execution={"local": {"workers": 2}})
+    path = _write(tmp_path, data)
+    store = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-m", "otf_flows", "run", str(path), "--store", store],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OTF_HOLD": f"check.labelled@hot={tmp_path / 'never'}"})
+    st = OtfStore(store)
+
+    def hot_label_older_than_newest_model() -> bool:
+        hot = st.get_walker("orphan", "hot")
+        if hot is None or hot.segment_model_id is None:
+            return False
+        labelled = any(f.source == "check" and f.walker == "hot" for f in st.frames_of("orphan"))
+        pinned = st.get_model(hot.segment_model_id).version
+        return labelled and max(m.version for m in st.models("orphan")) > pinned
+
+    _wait_for(proc, hot_label_older_than_newest_model, "a refit by cold while hot holds its stored label")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run_otf("run", str(path), "--store", store, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_walkers_consistent(st, "orphan", config_from_dict(data))
+
+
 def test_store_takes_n_walker_processes_writing_at_once(tmp_path):
     """The embedded store under 4 processes writing walker documents, frames and lease claims at once."""
     store = str(tmp_path / "store")

@@ -81,6 +81,10 @@ def walker_chain(config: CampaignConfig, st, store: str, name: str, end: bool = 
         fit.name = f"refit after check {name} {check.step if check else ''}".rstrip()
         jobs.append(fit)
         model_id = fit.output["model_id"]
+    elif doc.segment_start_state_id == doc.state_id and doc.segment_model_id is not None:
+        # the segment was under way when the run stopped: it re-runs with the model it started with, so that
+        # a check label it already stored is found again (not a second DFT call and a label without its check)
+        model_id = doc.segment_model_id
     if doc.step < total:
         jobs.append(iteration_flow(config, store, doc.state_id, model_id, doc.step,
                                    doc.interval or config.check_interval, name))
