@@ -14,7 +14,15 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from ase.data import atomic_numbers
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from otf_flows.defaults import MEASURED, apply_compat
 from otf_flows.errors import ConfigError
@@ -25,7 +33,7 @@ from otf_flows.reference.cp2k.settings import Cp2kReference
 from otf_flows.reference.registry import ReferenceSettings
 from otf_flows.reference.settings import AseReference
 from otf_flows.reference.vasp.settings import VaspReference
-from otf_flows.walkers import WalkerGrid, WalkerSpec, check_names, resolve_structure_files, walker_data
+from otf_flows.walkers import WALKER_CONTEXT, WalkerGrid, WalkerSpec, check_names, resolve_structure_files, walker_data
 from otf_flows.walkers import expand as expand_walkers
 from otf_flows.yaml_config import INTERNAL_LOC, absolute_path, error_line, load_yaml
 from otf_flows.yaml_config import Strict as _Strict
@@ -594,16 +602,21 @@ class CampaignConfig(_Strict):
         return {"engine": "ase", **v}
 
     @model_validator(mode="after")
-    def _cross(self):
+    def _cross(self, info: ValidationInfo):
         if self.adaptive_method_parameters is not None:
             p = self.adaptive_method_parameters
             if not p.n_min <= self.check_interval <= p.n_max:
                 raise ValueError(
                     f"check_interval ({self.check_interval}) must lie within n_min..n_max ({p.n_min}..{p.n_max})"
                 )
-        if self.num_initial_steps == 0 and not self.refit.previous_data and self.model.initial_model is None:
+        one_walker = bool((info.context or {}).get("walker"))  # the campaign's data is checked on the campaign
+        initial = [self.num_initial_steps] if self.walkers is None else [
+            self.num_initial_steps if w.num_initial_steps is None else w.num_initial_steps
+            for w in expand_walkers(self.walkers)]
+        if not one_walker and max(initial) == 0 and not self.refit.previous_data and self.model.initial_model is None:
             raise ValueError(
-                "num_initial_steps is 0 and there is no refit.previous_data or model.initial_model: no data to fit"
+                "num_initial_steps is 0 (for every walker) and there is no refit.previous_data or "
+                "model.initial_model: no data to fit"
             )
         if self.model.backend != "gap":
             for key in GAP_ONLY_REFIT_KEYS:
@@ -751,7 +764,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> CampaignConfig:
     for spec in expand_walkers(config.walkers):  # each walker's settings, with the same models
         walker = walker_data(config, spec)
         try:
-            CampaignConfig.model_validate(walker)
+            CampaignConfig.model_validate(walker, context=WALKER_CONTEXT)
         except ValidationError as err:
             raise ConfigError(f"walkers: walker {spec.name!r}: {_format_error(err, walker)}") from None
     for key in ("cache_dir", "scratch_dir"):  # the same directory on every node: never relative to a job's cwd
