@@ -86,7 +86,7 @@ def test_hot_state_stops_after_two_trips_without_refit_then_resumes_with_a_loose
     assert result.returncode == 1, result.stderr[-3000:]
     line = _failure(result.stderr)
     assert "the state is hot, not the model bad" in line
-    assert "raise md.guard.max_temperature_factor (now 1.5)" in line and "--resume" in line
+    assert "Raise md.guard.max_temperature_factor (now 1.5)" in line and "--resume" in line
     st = OtfStore(str(store))
     checks = sorted(st.checks(NAME), key=lambda c: c.created_at)
     trips = [c for c in checks if c.kind == "guard"]
@@ -224,7 +224,7 @@ def test_a_second_hot_trip_of_the_same_limit_stops_naming_the_limit(tmp_path, wa
         stop_if_hot_again(st, "c", second, guard, walker)
     msg = str(err.value)
     assert "\n" not in msg and "the state is hot, not the model bad" in msg
-    assert "raise md.guard.max_temperature_factor (now 1.5)" in msg and "Campaign stopped at step 25" in msg
+    assert "Raise md.guard.max_temperature_factor (now 1.5)" in msg and "campaign stopped at step 25" in msg
     assert msg.startswith(f"walker {walker}: ") if walker else msg.startswith("blow-up guard tripped")
 
 
@@ -260,7 +260,7 @@ def test_agreement_needs_a_tolerance_and_the_message_names_each_limit():
                    guard_reason="force component 30.0 eV/Å (> 25.0) at step 9", reference_agreed=True,
                    rolled_back_to=5, ediff=0.001, fmax=0.2)
     msg = hot_state_message(doc, guard)
-    assert "raise md.guard.max_force_eV_A (now 25)" in msg and "re-run with the same model" in msg
+    assert "Raise md.guard.max_force_eV_A (now 25)" in msg and "re-run with the same model" in msg
 
 
 def test_guard_limit_names_the_key_of_every_trip():

@@ -76,11 +76,13 @@ def hot_state_message(doc, guard, walker: str | None = None, earlier=None) -> st
     again = (f"again after the rollback from step {earlier.step}" if earlier is not None
              else "and the re-run with the same model would trip it again")
     who = f"walker {walker}: " if walker else ""
+    advice = loosen_advice(doc.guard_limit, guard)
     return (
         f"{who}blow-up guard tripped ({doc.guard_reason}) {again}, although the reference agreed with the model "
-        f"within the tolerances ({errors}): the state is hot, not the model bad. Campaign stopped at step "
-        f"{doc.rolled_back_to}, the last state the reference verified; {loosen_advice(doc.guard_limit, guard)}, "
-        "or lower md.temperature_K or md.timestep_fs, then --resume"
+        f"within the tolerances ({errors}): the state is hot, not the model bad; campaign stopped at step "
+        f"{doc.rolled_back_to}, the last state the reference verified. "
+        f"{advice[:1].upper()}{advice[1:]}, or lower md.temperature_K or md.timestep_fs, "
+        "then --resume"
     )
 
 
