@@ -21,8 +21,7 @@ from conftest import CONFIGS, run_otf
 
 from otf_flows.campaign import GuardSettings, load_config
 from otf_flows.errors import OtfError
-from otf_flows.jobs.hot_state import (agrees, hot_state_message, repeated_hot_trip, stop_if_hot_again,
-                                      verified_state)
+from otf_flows.jobs.hot_state import agrees, hot_state_message, repeated_hot_trip, stop_if_hot_again, verified_state
 from otf_flows.jobs.md import _stopped
 from otf_flows.md.guard import guard_limit, make_guard
 from otf_flows.schemas.documents import CheckDoc, StateDoc
@@ -179,7 +178,7 @@ def _trajectory(st, walker=None):
 @pytest.mark.parametrize("walker", [None, "w1"])
 def test_rollback_goes_back_to_the_last_state_a_passed_check_verified(tmp_path, walker):
     st = OtfStore(str(tmp_path / "store"))
-    s5, s10, s20, s30, _ = _trajectory(st, walker)
+    _s5, _s10, s20, s30, _ = _trajectory(st, walker)
     # the tripped segment started at 30, whose check failed: back past it to 20, not to 30
     assert verified_state(st, "c", s30, walker).state_id == s20.state_id
     assert verified_state(st, "c", s20, walker).state_id == s20.state_id  # a verified start is its own target
@@ -210,7 +209,7 @@ def _trip(st, n: int, step: int, target: StateDoc, limit="max_temperature_factor
 @pytest.mark.parametrize("walker", [None, "w1"])
 def test_a_second_hot_trip_of_the_same_limit_stops_naming_the_limit(tmp_path, walker):
     st = OtfStore(str(tmp_path / "store"))
-    _, s10, s20, _, _ = _trajectory(st, walker)
+    _, _s10, s20, _, _ = _trajectory(st, walker)
     guard = GuardSettings(max_temperature_factor=1.5)
     first = _trip(st, 1, 33, s20, walker=walker)
     stop_if_hot_again(st, "c", first, guard, walker)  # the first hot trip: roll back, go on
@@ -230,7 +229,7 @@ def test_a_second_hot_trip_of_the_same_limit_stops_naming_the_limit(tmp_path, wa
 
 def test_trips_that_do_not_repeat_a_hot_state_go_on(tmp_path):
     st = OtfStore(str(tmp_path / "store"))
-    _, s10, s20, _, _ = _trajectory(st)
+    _, _s10, s20, _, _ = _trajectory(st)
     guard = GuardSettings()
     _trip(st, 1, 33, s20)
     # another limit, a bad model's trip, another walker: not the same hot state
