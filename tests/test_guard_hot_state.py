@@ -19,12 +19,13 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from conftest import CONFIGS, run_otf
 
-from otf_flows.campaign import GuardSettings, load_config
+from otf_flows.campaign import GuardSettings, config_from_dict, load_config
 from otf_flows.errors import OtfError
+from otf_flows.jobs.decide import DecideMaker
 from otf_flows.jobs.hot_state import agrees, hot_state_message, repeated_hot_trip, stop_if_hot_again, verified_state
 from otf_flows.jobs.md import _stopped
 from otf_flows.md.guard import guard_limit, make_guard
-from otf_flows.schemas.documents import CheckDoc, StateDoc
+from otf_flows.schemas.documents import CampaignDoc, CheckDoc, FrameDoc, ModelDoc, StateDoc
 from otf_flows.store import OtfStore
 from otf_flows.structures import build_structure
 
@@ -306,3 +307,98 @@ def test_a_stopped_segment_is_replayed_only_under_the_guard_settings_that_stoppe
     # a stopped segment of an older store (no settings recorded) is replayed, as before
     st.put_state(stopped.model_copy(update={"stopped_early": "temperature 1300 K (> 1250 K) at step 7"}))
     assert _stopped(st, start.state_id, "c-v1", loose).state_id == stopped.state_id
+
+
+# ----------------------------------------------------------------- the decide job on a stored campaign
+
+
+def _campaign_store(tmp_path, walker: str | None):
+    """A stored campaign of the divacancy case: initial MD to 5, a passed check at 10, a FAILED check at 20
+    whose state was kept (rollback_on_fail: false); the models c-v1 and c-v2."""
+    data = _divacancy(tmp_path, factor=3.0, total_steps=300, name="c")
+    if walker:
+        data["walkers"] = [{"name": walker}, {"name": "other"}]
+    config = config_from_dict(data)
+    st = OtfStore(str(tmp_path / "store"))
+    st.put_campaign(CampaignDoc(name="c", config=config.model_dump(mode="json"), total_steps=300, status="running"))
+    if walker:
+        st.update_walker("c", walker, total_steps=300)
+    for version in (1, 2):
+        st.put_model(ModelDoc(model_id=f"c-v{version}", version=version, campaign="c", training_frame_ids=[],
+                              n_training_frames=0, fit_seconds=1.0, artifact="none",
+                              parent_model_id="c-v1" if version == 2 else None))
+    s5 = _state(st, 5, None, None, walker)
+    s10 = _state(st, 10, "c-v1", s5.state_id, walker)
+    s20 = _state(st, 20, "c-v1", s10.state_id, walker)
+    _check(st, s10, True, 1, walker)
+    _check(st, s20, False, 2, walker)
+    return config, st, s10, s20
+
+
+def _tripped(st, step: int, start: StateDoc, walker: str | None, agree: bool, n: int):
+    """A segment of c-v2 from ``start`` stopped by the temperature limit at ``step``, and the reference
+    labels of its frame: within the tolerances of the model's (``agree``) or 2 eV/Å off."""
+    track = f"c@{walker}" if walker else "c"
+    forces = [[0.1, -0.2, 0.3]]
+    state = StateDoc(state_id=f"{track}:state:{step}:c-v2", start_state_id=start.state_id, campaign="c",
+                     walker=walker, step=step, numbers=[29], positions=[[0.1 * n, 0.0, 0.0]],
+                     velocities=[[0.0, 0.0, 0.0]], cell=[[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]], pbc=[True] * 3,
+                     masses=[63.5], model_id="c-v2", ml_energy=-1.0, ml_forces=forces,
+                     stopped_early=f"temperature 2100 K (> 2000 K) at step {step}")
+    st.put_state(state)
+    ref = [[0.1 + (0.0 if agree else 2.0), -0.2, 0.3]]
+    frame = FrameDoc(frame_id=f"frame{n}", campaign="c", source="check", md_step=step, walker=walker, numbers=[29],
+                     positions=state.positions, cell=state.cell, pbc=state.pbc, energy=-1.001, forces=ref,
+                     reference_hash="emt")
+    st.add_frame(frame)
+    return state, {"frame_id": frame.frame_id, "reference_seconds": 0.01}
+
+
+def _decide(config, st, tmp_path, state, start, check, walker):
+    maker = DecideMaker(config=config, walker=walker)
+    return DecideMaker.make.original(maker, "c", str(tmp_path / "store"), {"state_id": state.state_id,
+                                     "start_state_id": start.state_id}, check, 10, 10)
+
+
+def _job_names(response) -> list[str]:
+    return [j.name for j, _ in response.addition.iterflow()] if response.addition else []
+
+
+@pytest.mark.parametrize("walker", [None, "w1"])
+def test_decide_a_hot_trip_no_refit_back_past_the_failed_check_then_stop(tmp_path, walker):
+    config, st, s10, s20 = _campaign_store(tmp_path, walker)
+    # the segment from 20 (kept by a failed check) trips at 23; the reference agrees with the model there
+    state, check = _tripped(st, 23, s20, walker, agree=True, n=3)
+    response = _decide(config, st, tmp_path, state, s20, check, walker)
+    doc = st.get_check(f"{'c@' + walker if walker else 'c'}:check:23:c-v2")
+    assert doc.kind == "guard" and doc.reference_agreed is True and doc.guard_limit == "max_temperature_factor"
+    assert doc.refit is False and doc.passed is False and doc.trained_on is True
+    assert doc.rolled_back_state_id == s10.state_id and doc.rolled_back_to == 10  # not 20: its check failed
+    pointer = st.get_walker("c", walker) if walker else st.require_campaign("c")
+    assert pointer.state_id == s10.state_id and pointer.pending_refit is None
+    names = _job_names(response)
+    assert not any("refit" in name for name in names) and any(name.startswith("ml-md") for name in names)
+    assert any(name.endswith("10->15") for name in names)  # the next segment starts at the verified state
+
+    # the re-run from 10 trips the same limit again, the reference agreeing: stop, resumable from 10
+    again, check = _tripped(st, 13, s10, walker, agree=True, n=4)
+    with pytest.raises(OtfError) as err:
+        _decide(config, st, tmp_path, again, s10, check, walker)
+    msg = str(err.value)
+    assert "\n" not in msg and "the state is hot, not the model bad" in msg and "after the rollback from step 23" in msg
+    assert "campaign stopped at step 10" in msg and "Raise md.guard.max_temperature_factor (now 3)" in msg
+    second = st.get_check(f"{'c@' + walker if walker else 'c'}:check:13:c-v2")
+    assert second.reference_agreed and not second.refit and second.rolled_back_state_id == s10.state_id
+    pointer = st.get_walker("c", walker) if walker else st.require_campaign("c")
+    assert pointer.state_id == s10.state_id
+
+
+@pytest.mark.parametrize("walker", [None, "w1"])
+def test_decide_a_trip_the_reference_disagrees_with_keeps_the_refit_and_the_segment_start(tmp_path, walker):
+    config, st, _s10, s20 = _campaign_store(tmp_path, walker)
+    state, check = _tripped(st, 23, s20, walker, agree=False, n=3)
+    response = _decide(config, st, tmp_path, state, s20, check, walker)
+    doc = st.get_check(f"{'c@' + walker if walker else 'c'}:check:23:c-v2")
+    assert doc.kind == "guard" and doc.reference_agreed is False and doc.fmax == pytest.approx(2.0)
+    assert doc.refit is True and doc.rolled_back_state_id == s20.state_id  # today's behaviour
+    assert any("refit" in name for name in _job_names(response))
