@@ -69,6 +69,8 @@ def _one_line_failure(stderr: str) -> str:
 def test_guard_trip_without_updates_stops_at_once_and_resume_stops_again(tmp_path, cu_config, write_config):
     data = _small_cu(cu_config, name="no-update", can_update=False)
     data["md"]["guard"] = {"max_force_eV_A": 0.01}  # trips at the first ML-MD step
+    # with the reference disagreeing at the trip (a bad model's, not a hot state's: test_guard_hot_state.py)
+    data["tolerances"] = {"ediff": 1e-9, "fmax": 1e-9, "frmse": None, "vmax": None}
     path = write_config(data)
     store = tmp_path / "store"
     result = run_otf("run", str(path), "--store", str(store), cwd=tmp_path, timeout=900)
@@ -104,6 +106,7 @@ def test_failed_refit_keeping_the_parent_stops_the_guard_loop(tmp_path, cu_confi
     monkeypatch.setattr(fit, "fit_model", first_fit_only)
     data = _small_cu(cu_config, name="refit-fails", can_update=True)
     data["md"]["guard"] = {"min_distance_A": 3.0}  # Cu-Cu neighbours are 2.55 Å apart: trips at once
+    data["tolerances"] = {"ediff": 1e-9, "fmax": 1e-9, "frmse": None, "vmax": None}  # a bad model's trip
     config = config_from_dict(data)
     with pytest.raises(OtfError, match="its refit failed") as err:
         run_campaign(config, OtfStore(str(tmp_path / "store")))

@@ -246,7 +246,10 @@ def pair_numbers(key: str) -> tuple[int, int]:
 
 class GuardSettings(_Strict):
     """Blow-up guard of ML-MD segments; a tripped guard stops the segment, the stopped frame is
-    DFT-checked and trained on, and the campaign rolls back to the segment's start.
+    DFT-checked and trained on, and the campaign rolls back to the segment's start. When the
+    reference agrees with the model there (within the tolerances) the state is hot, not the model
+    bad: no refit, a rollback to the last state a passed check verified, and a resumable stop
+    naming the limit to loosen when the same limit trips again from there.
 
     The smallest allowed distance of a pair of elements A-B is, first found wins:
     ``min_distance_pairs["A-B"]``, ``min_distance_A``, ``min_distance_factor`` × (r_A + r_B)

@@ -14,8 +14,10 @@ from otf_flows.checks import error_metrics, passes
 from otf_flows.errors import OtfError
 from otf_flows.faults import failpoint
 from otf_flows.lineage import claim, current_model
+from otf_flows.md.guard import guard_limit
 from otf_flows.jobs.base import job_settings, timed
 from otf_flows.jobs.fit import RefitMaker
+from otf_flows.jobs.hot_state import agrees, hot_state_message, stop_if_hot_again, verified_state
 from otf_flows.jobs.md import MDSegmentMaker
 from otf_flows.jobs.reference import ReferenceCheckMaker
 from otf_flows.jobs.routing import route
@@ -129,12 +131,13 @@ def rerun_repeats(store, campaign: str, state, target, model_id: str, n_steps: i
 
 
 def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total_steps: int, can_update: bool,
-                          walker: str | None = None) -> None:
+                          walker: str | None = None, guard=None) -> None:
     """Stop the campaign (:class:`OtfError`, resumable) when the rollback of check ``doc`` would repeat it.
 
     That happens when the model cannot change (``can_update: false``, or its refit failed and
-    the parent was kept): the re-run from the rollback state uses the model that already
-    tripped the guard (or failed the check) from that state.
+    the parent was kept, or a hot-state trip: no refit): the re-run from the rollback state uses
+    the model that already tripped the guard (or failed the check) from that state. ``guard``
+    (md.guard settings) words the message of a hot-state trip.
     """
     if doc.rolled_back_state_id is None:
         return
@@ -142,6 +145,8 @@ def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total
     n_steps = min(doc.new_interval, total_steps - target.step)
     if n_steps < 1 or not rerun_repeats(store, campaign, state, target, model_id, n_steps, walker):
         return
+    if doc.reference_agreed and guard is not None:
+        raise OtfError(hot_state_message(doc, guard, walker))
     what = f"blow-up guard tripped ({doc.guard_reason})" if doc.kind == "guard" else f"check at step {doc.step} failed"
     why = (f"its refit failed: {doc.refit_error.splitlines()[0][:120]}" if doc.refit_error
            else "can_update is false" if not can_update else "no refit on this frame")
@@ -183,8 +188,11 @@ class DecideMaker(Maker):
     the errors stored on the check are out-of-sample: the model had not seen the frame. A
     segment stopped by the blow-up guard counts as a failed check of kind ``guard``: the
     model is refitted and the campaign rolls back to the segment's start with the shortest
-    interval. Reference labels that are themselves unphysical flag the frame, which is never
-    trained on. With ``rollback_on_fail`` a failed check rolls back the same way.
+    interval, unless the reference agrees with the model at the tripped frame (a hot state,
+    :mod:`otf_flows.jobs.hot_state`): then no refit, a rollback to the last state a passed check
+    verified, and a stop when the same limit trips again from there. Reference labels that are
+    themselves unphysical flag the frame, which is never trained on. With ``rollback_on_fail`` a
+    failed check rolls back to the segment's start.
     """
 
     name: str = "compare and decide"
@@ -208,7 +216,10 @@ class DecideMaker(Maker):
                                        ml_virial, frame.virial)
                 unphysical = invalid_labels(frame, config.md.guard)
                 guard = state.stopped_early or unphysical or unphysical_reference(frame, config.md.guard)
-                passed = passes(errors, config.tolerances.model_dump()) and guard is None
+                tolerances = config.tolerances.model_dump()
+                passed = passes(errors, tolerances) and guard is None
+                # a trip the reference agrees with is the state's (hot), not the model's: no refit
+                agreed = agrees(passes(errors, tolerances), tolerances) if guard and unphysical is None else None
                 start = st.get_state(segment["start_state_id"])
                 trigger = ("guard" if state.stopped_early else
                            "uncertainty" if state.uncertainty_stop else "interval")
@@ -219,18 +230,21 @@ class DecideMaker(Maker):
                 else:
                     new_interval = adapted_interval(base, passed, errors, config.tolerances.model_dump(), p)
                 # unphysical labels teach the model nothing: no refit on them
-                refit = (not passed) and config.can_update and unphysical is None
+                refit = (not passed) and config.can_update and unphysical is None and not agreed
                 train = unphysical is None and (config.refit.train_on == "all" or refit)
                 if passed and train and config.can_update and config.refit.every_new_labels:
                     refit = new_labels(st, campaign, state.model_id, frame.frame_id) >= config.refit.every_new_labels
                 rollback = guard is not None or (config.rollback_on_fail and refit and not passed)
                 target = rollback_target(st, campaign, start, config.md.guard, walker) if guard else start
+                if agreed:  # back to a state a passed check verified (a failed check may have kept a hot one)
+                    target = verified_state(st, campaign, start, walker)
                 doc = CheckDoc(
                     check_id=check_id, campaign=campaign, walker=walker, step=state.step,
                     interval=state.step - start.step,
                     passed=passed, new_interval=new_interval, refit=refit, model_id=state.model_id,
                     frame_id=frame.frame_id, reference_seconds=check.get("reference_seconds", 0.0),
-                    kind="guard" if guard else "check", guard_reason=guard,
+                    kind="guard" if guard else "check", guard_reason=guard, guard_limit=guard_limit(guard),
+                    reference_agreed=agreed,
                     rolled_back_to=target.step if rollback else None,
                     rolled_back_state_id=target.state_id if rollback else None, trigger=trigger,
                     uncertainty=(state.check_frame or {}).get("uncertainty", state.ml_uncertainty),
@@ -287,8 +301,9 @@ class DecideMaker(Maker):
             if newest is not None and newest.version > st.get_model(next_model).version:
                 next_model = newest.model_id
         if not pending:  # a rollback that the same model would re-run stops the campaign instead of looping
+            stop_if_hot_again(st, campaign, doc, config.md.guard, walker)
             stop_if_rerun_repeats(st, campaign, doc, state, next_model, config.md.total_steps, config.can_update,
-                                  walker)
+                                  walker, config.md.guard)
         if resume_step < total:
             jobs.append(
                 iteration_flow(shared, store, resume_id, next_model, resume_step, doc.new_interval, walker)

@@ -42,10 +42,11 @@ class MDSegmentMaker(Maker):
             model_id = segment_model(st, config, self.walker, start_state_id, model_id)
         config = walker_config(config, self.walker)
         start = st.get_state(start_state_id)
+        guard_settings = config.md.guard.model_dump(mode="json")
         done = st.find_state(state_id(track(campaign, self.walker), start.step + n_steps, model_id))
         if done is None or done.start_state_id != start_state_id:
             # a guard-stopped segment ends earlier; look it up by its start
-            done = _stopped(st, start_state_id, model_id)
+            done = _stopped(st, start_state_id, model_id, guard_settings)
         if done is None or done.start_state_id != start_state_id:
             done = _ended_by_uncertainty(st, start_state_id, model_id)
         if done is not None:
@@ -73,6 +74,7 @@ class MDSegmentMaker(Maker):
             campaign, result.state, model_id=model_id, walker=self.walker, ml_energy=result.energy,
             ml_forces=result.forces.tolist(),
             ml_virial=virial, trajectory=traj, stopped_early=result.stopped_early, start_state_id=start_state_id,
+            guard_settings=guard_settings if result.stopped_early else None,
             uncertainty_stop=result.uncertainty_stop, ml_uncertainty=result.uncertainty,
             uncertainty_threshold=None if monitor is None else monitor.threshold,
             uncertainty_seconds=result.uncertainty_seconds, n_uncertainty_evals=result.n_uncertainty_evals,
@@ -139,8 +141,15 @@ def _ended_by_uncertainty(st, start_state_id: str, model_id: str):
     return st.get_state(doc["state_id"]) if doc else None
 
 
-def _stopped(st, start_state_id: str, model_id: str):
-    doc = st.collection("states").query_one(
-        {"start_state_id": start_state_id, "model_id": model_id, "stopped_early": {"$ne": None}}
+def _stopped(st, start_state_id: str, model_id: str, guard_settings: dict):
+    """The stored segment from ``start_state_id`` with ``model_id`` that the guard stopped, if the guard's
+    settings were then ``guard_settings`` (or not recorded): under settings loosened on --resume the
+    segment runs again."""
+    docs = st.collection("states").query(
+        {"start_state_id": start_state_id, "model_id": model_id, "stopped_early": {"$ne": None}},
+        properties=["state_id", "guard_settings"],
     )
-    return st.get_state(doc["state_id"]) if doc else None
+    for doc in docs:
+        if doc.get("guard_settings") in (None, guard_settings):
+            return st.get_state(doc["state_id"])
+    return None

@@ -10,7 +10,7 @@ from ase.data import chemical_symbols, covalent_radii
 
 from otf_flows.campaign import pair_numbers
 
-__all__ = ["ShortDistances", "distance_limits", "make_guard", "pair_numbers"]
+__all__ = ["ShortDistances", "distance_limits", "guard_limit", "make_guard", "pair_numbers"]
 
 
 def distance_limits(settings, numbers) -> np.ndarray:
@@ -125,3 +125,36 @@ def make_guard(settings, temperature_K: float) -> Callable[[Atoms, int], str | N
         return None
 
     return guard
+
+
+def guard_limit(reason: str | None) -> str | None:
+    """The ``md.guard`` key whose limit tripped, from a trip's reason (as :func:`make_guard`,
+    or :func:`otf_flows.jobs.decide.unphysical_reference`, word it); None if not a guard's.
+
+    ``'min_distance'`` stands for the smallest distances (``min_distance_pairs``,
+    ``min_distance_A`` or ``min_distance_factor``, whichever set the pair's limit).
+    """
+    if not reason:
+        return None
+    if reason.startswith("temperature "):
+        return "max_temperature_factor"
+    if reason.startswith(("force component ", "reference force component ")):
+        return "max_force_eV_A"
+    if reason.startswith("energy jump "):
+        return "max_energy_jump_eV_per_atom"
+    if reason.startswith("atoms ") and " apart " in reason:
+        return "min_distance"
+    return None
+
+
+def loosen_advice(limit: str | None, settings) -> str:
+    """What to change in ``md.guard`` (``settings``) so that the limit ``limit`` trips later."""
+    if limit == "max_temperature_factor":
+        return f"raise md.guard.max_temperature_factor (now {settings.max_temperature_factor:g})"
+    if limit == "max_force_eV_A":
+        return f"raise md.guard.max_force_eV_A (now {settings.max_force_eV_A:g})"
+    if limit == "max_energy_jump_eV_per_atom":
+        return f"raise md.guard.max_energy_jump_eV_per_atom (now {settings.max_energy_jump_eV_per_atom:g})"
+    if limit == "min_distance":
+        return "lower the pair's md.guard.min_distance_pairs (or min_distance_A, min_distance_factor)"
+    return "loosen md.guard"

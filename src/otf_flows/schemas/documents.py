@@ -114,6 +114,15 @@ class CheckDoc(_Doc):
     new_model_id: str | None = Field(None, description="Model fitted after this check (None if no refit).")
     frame_id: str = Field(description="The checked frame (reference labels).")
     guard_reason: str | None = Field(None, description="Why the guard stopped the segment (kind 'guard').")
+    guard_limit: str | None = Field(None, description="The md.guard key whose limit tripped (kind 'guard'): "
+                                    "max_temperature_factor, max_force_eV_A, max_energy_jump_eV_per_atom or "
+                                    "min_distance (None: not a guard trip, or stored before it was recorded).")
+    reference_agreed: bool | None = Field(
+        None, description="Kind 'guard': the reference agreed with the model at the tripped frame within the "
+        "tolerances (every set tolerance held): the trip is the state's (a hot state), not the model's (a bad "
+        "model), so no refit followed it and the campaign rolled back to the last state a passed check "
+        "verified. False: a bad model (refit, rollback to the segment's start). None: not a guard trip, no "
+        "tolerance set, unphysical labels, or stored before it was recorded.")
     rolled_back_to: int | None = Field(None, description="MD step the campaign continued from after a rollback.")
     rolled_back_state_id: str | None = Field(None, description="State the campaign continued from after a rollback.")
     refit_error: str | None = Field(None, description="Why the refit failed (the previous model was kept).")
@@ -181,6 +190,10 @@ class StateDoc(_Doc):
     ml_virial: list[list[float]] | None = Field(None, description="Model virial (eV).")
     trajectory: str | None = Field(None, description="Blob key of the segment's extxyz trajectory.")
     stopped_early: str | None = Field(None, description="Reason the blow-up guard stopped the segment before its end.")
+    guard_settings: dict[str, Any] | None = Field(
+        None, description="The md.guard settings that stopped the segment (stopped_early): a re-run under other "
+        "settings (loosened on --resume) runs the segment again instead of taking this one (None: not stopped, "
+        "or stored before they were recorded).")
     uncertainty_stop: str | None = Field(
         None, description="Reason the uncertainty trigger ended the segment before its end."
     )
