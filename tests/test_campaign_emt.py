@@ -1,4 +1,6 @@
-"""An EMT campaign of 2000 MD steps end to end: real gap_fit, real ASE MD, the CLI as a user runs it."""
+"""An EMT campaign of 2000 MD steps end to end under ``compat: hybrid-md``: real gap_fit, real ASE MD, the CLI as
+a user runs it, and every check, interval and refit exactly as hybrid-md's rule makes them (refits on failed
+checks only, no rollback, no uncertainty trigger). The measured defaults end to end: tests/test_defaults.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from ase import Atoms
 from ase.calculators.emt import EMT
 from conftest import CONFIGS, run_otf
@@ -17,12 +20,22 @@ from otf_flows.store import OtfStore
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    """Run configs/cu-emt.yaml once through `otf run` (about 2-3 minutes on 2 cores)."""
+    """Run configs/cu-emt.yaml with compat: hybrid-md once through `otf run` (about 2-3 minutes on 2 cores)."""
     tmp = tmp_path_factory.mktemp("cu_emt")
     store = tmp / "store"
-    result = run_otf("run", str(CONFIGS / "cu-emt.yaml"), "--store", str(store), cwd=tmp)
+    (tmp / "cu-emt.yaml").write_text(yaml.safe_dump({**_shipped(), "compat": "hybrid-md"}))
+    result = run_otf("run", str(tmp / "cu-emt.yaml"), "--store", str(store), cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     return store, result
+
+
+def _shipped() -> dict:
+    return yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+
+
+def _config(store):
+    """The campaign's settings as run (the shipped YAML with compat: hybrid-md)."""
+    return load_config(store.parent / "cu-emt.yaml")
 
 
 def _json(*args):
@@ -33,7 +46,7 @@ def _json(*args):
 
 def test_campaign_completes_with_summary(campaign):
     store, result = campaign
-    config = load_config(CONFIGS / "cu-emt.yaml")
+    config = _config(store)
     assert config.md.total_steps >= 2000
     assert "DFT calls" in result.stderr and "wall time: ML-MD" in result.stderr
     st = OtfStore(str(store))
@@ -65,7 +78,7 @@ def test_checks_refits_and_models(campaign):
 
 def test_interval_sequence_obeys_the_rule(campaign):
     store, _ = campaign
-    config = load_config(CONFIGS / "cu-emt.yaml")
+    config = _config(store)
     p = config.adaptive_method_parameters
     checks = _json("checks", "cu-emt", "--store", str(store), "--json")
     interval = config.check_interval
@@ -86,7 +99,7 @@ def test_every_stored_label_is_emt(campaign):
     store, _ = campaign
     st = OtfStore(str(store))
     frames = st.frames_of("cu-emt")
-    config = load_config(CONFIGS / "cu-emt.yaml")
+    config = _config(store)
     n_checks = len(st.checks("cu-emt"))
     assert len(frames) == config.num_initial_steps + 1 + n_checks
     for frame in frames:
@@ -125,7 +138,7 @@ def test_model_files_not_inside_job_outputs(campaign):
 
 def test_rerun_same_name_is_refused(campaign):
     store, _ = campaign
-    result = run_otf("run", str(CONFIGS / "cu-emt.yaml"), "--store", str(store))
+    result = run_otf("run", str(store.parent / "cu-emt.yaml"), "--store", str(store))
     assert result.returncode == 2 and "--resume" in result.stderr
 
 
@@ -133,7 +146,7 @@ def test_resume_of_completed_campaign_adds_nothing(campaign):
     store, _ = campaign
     st = OtfStore(str(store))
     before = (len(st.checks("cu-emt")), len(st.models("cu-emt")), len(st.frames_of("cu-emt")))
-    result = run_otf("run", str(CONFIGS / "cu-emt.yaml"), "--store", str(store), "--resume")
+    result = run_otf("run", str(store.parent / "cu-emt.yaml"), "--store", str(store), "--resume")
     assert result.returncode == 0, result.stderr
     st = OtfStore(str(store))
     assert (len(st.checks("cu-emt")), len(st.models("cu-emt")), len(st.frames_of("cu-emt"))) == before

@@ -32,9 +32,10 @@ def cu32():
 
 @pytest.fixture
 def maker(tmp_path, monkeypatch):
-    """configs/cu-emt.yaml cut to 30 MD steps: 5 initial EMT steps, checks at 15, 25 and 30 (about 20 s)."""
+    """configs/cu-emt.yaml cut to 30 MD steps under compat: hybrid-md (no uncertainty trigger, refits on failed
+    checks only): 5 initial EMT steps, checks at 15, 25 and 30 (about 20 s)."""
     monkeypatch.delenv("OTF_STORE", raising=False)
-    otf = OtfMDMaker.from_yaml(CONFIGS / "cu-emt.yaml", store=str(tmp_path / "store"))
+    otf = OtfMDMaker.from_yaml(CONFIGS / "cu-emt.yaml", store=str(tmp_path / "store"), compat="hybrid-md")
     return dataclasses.replace(otf, md=otf.md.model_copy(update={"total_steps": 30}))
 
 
@@ -72,7 +73,7 @@ def test_from_yaml_make_run_locally_stores_checks_and_models(tmp_path, maker, cu
     stored = load_config(CONFIGS / "cu-emt.yaml")
     assert doc.config["structure"]["numbers"] == cu32.numbers.tolist()
     assert doc.config["structure"]["source"] == "ASE Atoms"
-    assert doc.config["refit"] == stored.refit.model_dump(mode="json")
+    assert doc.config["refit"] == {**stored.refit.model_dump(mode="json"), "every_new_labels": None}  # hybrid-md
     assert doc.config["md"]["total_steps"] == 30
     # the project's JobStore holds every job's output
     names = {d["name"] for d in st.jobstore.query({}, properties=["name"])}
@@ -252,7 +253,7 @@ def test_a_flow_without_a_store_uses_the_store_it_runs_in(tmp_path, monkeypatch,
     store the flow runs in, as jobflow's own jobs do, not into ./otf-store."""
     monkeypatch.delenv("OTF_STORE", raising=False)
     monkeypatch.chdir(tmp_path)
-    otf = OtfMDMaker.from_yaml(CONFIGS / "cu-emt.yaml")
+    otf = OtfMDMaker.from_yaml(CONFIGS / "cu-emt.yaml", compat="hybrid-md")
     assert otf.store is None
     otf = dataclasses.replace(otf, md=otf.md.model_copy(update={"total_steps": 15}))
     elsewhere = OtfStore(str(tmp_path / "elsewhere"))

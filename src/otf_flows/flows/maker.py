@@ -142,6 +142,12 @@ rollback_on_fail, compat, model, refit, uncertainty, validation, execution
         config = config.model_copy(deep=True)
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
                   if f.name not in ("reference_maker", "resume")}
+        if "rollback_on_fail" not in config.model_fields_set:
+            fields["rollback_on_fail"] = None  # the campaign's default (or its compat mode's)
+        for key in _BLOCKS:  # the keys the YAML gave, not the defaults the campaign resolved (uncertainty.enabled)
+            block = fields[key]
+            if block is not None and not isinstance(block, Mapping):
+                fields[key] = type(block).model_validate(block.model_dump(mode="json", exclude_unset=True))
         return cls(**{**fields, "reference_maker": config.reference, **changes})
 
     @classmethod
