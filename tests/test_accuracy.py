@@ -253,6 +253,7 @@ def test_uncertainty_trigger_in_a_campaign(tmp_path, cu_config):
     data = _short(cu_config)
     data["md"]["total_steps"] = 80
     data["uncertainty"] = {"enabled": True, "every": 1, "threshold": 1e-6, "min_steps": 4}
+    data["compat"] = "hybrid-md"  # hybrid-md's interval rule and no rollback around the trigger
     st, doc = _run(tmp_path, data)
     assert doc.status == "completed"
     checks = st.checks("acc")
@@ -288,7 +289,7 @@ def test_calibrated_threshold_uses_passed_checks_of_the_model(campaigns):
 def test_uncertainty_settings_need_one_threshold(cu_config):
     from otf_flows.errors import ConfigError
 
-    for bad in ({"enabled": True}, {"enabled": True, "threshold": 0.1, "calibrate_factor": 2.0}):
+    for bad in ({"enabled": True, "calibrate_factor": None}, {"enabled": True, "threshold": 0.1, "calibrate_factor": 2.0}):
         with pytest.raises(ConfigError, match="uncertainty"):
             config_from_dict(_short(cu_config, uncertainty=bad))
 
@@ -344,6 +345,7 @@ def test_passed_checks_without_margin_hold_the_interval(tmp_path, cu_config):
     data["md"]["total_steps"] = 100
     data["can_update"] = False
     data["tolerances"] = {"ediff": 1.0, "fmax": None, "frmse": None, "vmax": None}  # every check passes
+    data["compat"] = "hybrid-md"  # no uncertainty trigger: every segment runs its whole interval
     data["adaptive_method_parameters"] = {**cu_config["adaptive_method_parameters"], "grow_below": 1e-9}
     st, doc = _run(tmp_path, data)
     checks = st.checks("acc")
