@@ -27,10 +27,21 @@ def run_otf(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def cu_emt_data() -> dict:
+    """The shipped EMT example as a mapping, under ``compat: hybrid-md``.
+
+    The tests of plumbing (resume, stops, clusters, stores) were written for hybrid-md's rule and run it: it
+    is deterministic in its schedule and costs a third of the CPU of the measured defaults on this example
+    (4 refits instead of 17 in 200 steps: a fit after every label). The defaults themselves are tested in
+    tests/test_defaults.py, tests/test_accuracy.py's campaigns, the docs' examples and the walkers' cluster runs.
+    """
+    return {**yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text()), "compat": "hybrid-md"}
+
+
 @pytest.fixture
 def cu_config() -> dict:
-    """The shipped EMT example as a mapping."""
-    return yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+    """The shipped EMT example as a mapping (:func:`cu_emt_data`: under compat: hybrid-md)."""
+    return cu_emt_data()
 
 
 @pytest.fixture

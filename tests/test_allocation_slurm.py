@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, cu_emt_data
 from test_reliability import _assert_consistent
 from test_slurm import slurm  # noqa: F401 - the module fixture: a running one-node SLURM cluster
 
@@ -61,7 +61,7 @@ class Chain:
 
     def __init__(self, root: Path, name: str, scenario: dict):
         self.root, self.name = root, f"cu-{name}"
-        config = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+        config = cu_emt_data()
         config.update(name=self.name)
         config["md"]["total_steps"] = scenario["total_steps"]
         config["execution"] = {"md": {"omp_threads": 1}, "fit": {"omp_threads": 1}}

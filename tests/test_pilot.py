@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, cu_emt_data
 from test_reliability import _assert_consistent
 from test_slurm import RLAUNCH_WRAPPER, slurm  # noqa: F401 - slurm: the module fixture (a running SLURM)
 
@@ -39,7 +39,7 @@ def _run(args, **kwargs) -> subprocess.CompletedProcess:
 def campaign(name: str, inline: bool, a: float = 3.61) -> dict:
     """The shipped EMT example, 60 steps: checks at 35, 50 and 60, the first fails and triggers a refit.
     (Campaigns in one store need other structures: frames are stored by content, so equal starts share frames.)"""
-    cfg = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+    cfg = cu_emt_data()
     cfg.update(name=name, check_interval=30)
     cfg["md"]["total_steps"] = 60
     cfg["structure"]["a"] = a

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import CONFIGS, run_otf
+from conftest import CONFIGS, cu_emt_data, run_otf
 
 from otf_flows.report import FIGURES, performance_table
 from otf_flows.store import OtfStore
@@ -33,7 +33,7 @@ def test_performance_table_by_hand():
 def campaign(tmp_path_factory):
     """A 150-step Cu/EMT campaign run through `otf run` (about 30 s on 2 cores)."""
     tmp = tmp_path_factory.mktemp("report")
-    config = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+    config = cu_emt_data()
     config["name"] = "cu-report"
     config["md"]["total_steps"] = 150
     config["md"]["trajectory_interval"] = 10

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, cu_emt_data
 
 from otf_flows.store import OtfStore
 
@@ -391,7 +391,7 @@ def campaign_config(total_steps: int) -> dict:
     60 steps: about three checks (35, 50, 60); the first usually fails and triggers a refit,
     so about 15 fireworks.
     """
-    cfg = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+    cfg = cu_emt_data()
     cfg["md"]["total_steps"] = total_steps
     cfg["check_interval"] = 30
     cfg["execution"] = {

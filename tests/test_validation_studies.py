@@ -14,7 +14,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.units import GPa
-from conftest import CONFIGS, run_otf
+from conftest import CONFIGS, cu_emt_data, run_otf
 from fireworks import FWorker
 from fireworks.core.rocket_launcher import launch_rocket
 from jobflow import run_locally
@@ -74,7 +74,7 @@ def cu_store(tmp_path_factory) -> Path:
     at the end (about 40 s)."""
     root = tmp_path_factory.mktemp("cu")
     bulk("Cu", "fcc", a=3.61).write(root / "cu.cif")
-    data = yaml.safe_load((CONFIGS / "cu-emt.yaml").read_text())
+    data = cu_emt_data()
     # the final model's EOS against EMT, run by the campaign's graph after its final validation
     data["validation"] = {"physical": [{"property": "eos", "structure": "cu.cif", "n_points": 5}]}
     data["structure"]["repeat"] = [2, 1, 1]

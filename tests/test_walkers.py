@@ -34,9 +34,11 @@ DEADLOCK_S = 600  # a run that needs longer is stuck (a walker waiting for anoth
 
 
 def _tiny(name: str = "wk", steps: int = 24, **changes) -> dict:
-    """A two-walker EMT Cu campaign of 8 atoms (a few seconds per walker with the cheapest GAP)."""
+    """A two-walker EMT Cu campaign of 8 atoms (a few seconds per walker with the cheapest GAP), under compat:
+    hybrid-md (refits on failed checks only: the rules below are about walkers, not the accuracy defaults)."""
     data = {
         "name": name,
+        "compat": "hybrid-md",
         "structure": {"builder": "bulk", "element": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True,
                       "repeat": [1, 1, 2]},
         "md": {"temperature_K": 900, "timestep_fs": 2.0, "total_steps": steps, "seed": 1, "trajectory_interval": 4},
