@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, cu_emt_data
+from conftest import cu_emt_data
 from test_reliability import _assert_consistent
 from test_slurm import slurm  # noqa: F401 - the module fixture: a running one-node SLURM cluster
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO, cu_emt_data
+from conftest import REPO, cu_emt_data
 from test_reliability import _assert_consistent
 from test_slurm import RLAUNCH_WRAPPER, slurm  # noqa: F401 - slurm: the module fixture (a running SLURM)
 

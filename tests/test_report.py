@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import CONFIGS, cu_emt_data, run_otf
+from conftest import cu_emt_data, run_otf
 
 from otf_flows.report import FIGURES, performance_table
 from otf_flows.store import OtfStore

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO, cu_emt_data
+from conftest import REPO, cu_emt_data
 
 from otf_flows.store import OtfStore
 

@@ -14,7 +14,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.units import GPa
-from conftest import CONFIGS, cu_emt_data, run_otf
+from conftest import cu_emt_data, run_otf
 from fireworks import FWorker
 from fireworks.core.rocket_launcher import launch_rocket
 from jobflow import run_locally

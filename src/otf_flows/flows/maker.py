@@ -45,7 +45,6 @@ from otf_flows.jobs.routing import route
 from otf_flows.reference.from_maker import reference_from_maker
 from otf_flows.settings import otf_settings
 from otf_flows.store import OtfStore, resolve_location
-from otf_flows.settings import otf_settings
 from otf_flows.structures import structure_spec
 from otf_flows.walkers import WalkerGrid, WalkerSpec
 from otf_flows.yaml_config import absolute_path, error_line
