@@ -155,3 +155,26 @@ def test_every_tuning_key_is_documented_with_what_it_costs(key):
 
     text = CampaignConfig.model_fields[key].description
     assert "hybrid-md" in text and ("benchmarks/README.md" in text or key == "compat")
+
+
+def test_a_segment_is_rerun_at_most_three_times(tmp_path):
+    """Tolerances the model cannot reach: every check fails, and with the default rollback each segment is
+    re-run with the refitted model at most 3 times; then the campaign goes on from the failed frame (as
+    hybrid-md does) and completes instead of spending DFT calls for ever."""
+    from otf_flows.jobs.decide import MAX_RERUNS
+
+    data = _plain("tight", steps=12, tolerances={"ediff": 1e-7, "fmax": 1e-5}, uncertainty={"enabled": False})
+    path = tmp_path / "tight.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = run_otf("run", str(path), "--store", str(tmp_path / "store"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    st = OtfStore(str(tmp_path / "store"))
+    assert st.require_campaign("tight").status == "completed"
+    checks = st.checks("tight")
+    assert checks and not any(c.passed for c in checks)
+    reruns: dict[str, int] = {}
+    for c in checks:
+        if c.rolled_back_state_id is not None:
+            reruns[c.rolled_back_state_id] = reruns.get(c.rolled_back_state_id, 0) + 1
+    assert reruns and max(reruns.values()) == MAX_RERUNS
+    assert sum(c.rolled_back_to is None for c in checks) >= 1  # went on from a failed frame

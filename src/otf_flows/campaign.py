@@ -551,7 +551,9 @@ class CampaignConfig(_Strict):
         True, description="After a failed check and refit, re-run the segment from the previous check's frame "
         "with the refitted model (false: go on from the failed frame, as hybrid-md and compat: hybrid-md). "
         + MEASURED["rollback_on_fail"] + " It costs the ML-MD steps of the discarded segment, and keeps a "
-        "state that a bad model produced out of the trajectory.",
+        "state that a bad model produced out of the trajectory. A segment is re-run at most 3 times; a fourth failed "
+        "check from the same state goes on from its frame, as hybrid-md does (tolerances the model cannot reach "
+        "there do not cost DFT calls for ever).",
     )
     num_initial_steps: int = Field(0, ge=0, description="Reference-driven MD steps before the first fit.")
     check_interval: int = Field(1, ge=1, description="First (adaptive) or fixed interval between checks (MD steps).")

@@ -89,6 +89,18 @@ def invalid_labels(frame, guard) -> str | None:
     return None
 
 
+MAX_RERUNS = 3
+"""Re-runs of one segment after failed checks (``rollback_on_fail``): after this many the campaign goes on from
+the failed check's frame, as hybrid-md does, so tolerances the model cannot reach there cost DFT calls for a
+few re-runs, not for ever."""
+
+
+def reruns_of(store, campaign: str, start, walker: str | None = None) -> int:
+    """How often failed checks (not guard trips) already rolled the trajectory back to state ``start``."""
+    return store.collection("checks").count({"campaign": campaign, "kind": "check",
+                                             "rolled_back_state_id": start.state_id})  # state ids name the walker
+
+
 def rollback_target(store, campaign: str, start, guard, walker: str | None = None):
     """Where to continue after a guard trip: the segment's start, or further back if trips repeat there.
 
@@ -234,7 +246,8 @@ class DecideMaker(Maker):
                 train = unphysical is None and (config.refit.train_on == "all" or refit)
                 if passed and train and config.can_update and config.refit.every_new_labels:
                     refit = new_labels(st, campaign, state.model_id, frame.frame_id) >= config.refit.every_new_labels
-                rollback = guard is not None or (config.rollback_on_fail and refit and not passed)
+                rollback = guard is not None or (config.rollback_on_fail and refit and not passed
+                                                 and reruns_of(st, campaign, start, walker) < MAX_RERUNS)
                 target = rollback_target(st, campaign, start, config.md.guard, walker) if guard else start
                 if agreed:  # back to a state a passed check verified (a failed check may have kept a hot one)
                     target = verified_state(st, campaign, start, walker)
