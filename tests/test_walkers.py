@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import CONFIGS, run_otf
@@ -195,6 +196,21 @@ def test_two_walkers_share_one_training_set_and_one_lineage(tmp_path):
     status = run_otf("status", "share", "--store", store, "--json")
     rows = {w["walker"]: w for w in yaml.safe_load(status.stdout)["walkers"]}
     assert rows["hot"]["step"] == 24 and rows["hot"]["n_checks"] == sum(c.walker == "hot" for c in checks)
+    # the cost next to the errors, per walker: its own DFT calls (initial MD + checks) per 1000 of its MD steps
+    frames = st.frames_of("share")
+    for w in ("cold", "hot"):
+        own = [f for f in frames if f.walker == w]
+        assert own and rows[w]["n_dft_labels"] == len(own)
+        assert rows[w]["dft_calls_per_1000_steps"] == pytest.approx(1000 * len(own) / 24)
+        recent = sorted((c for c in checks if c.walker == w), key=lambda c: c.created_at)[-5:]
+        assert rows[w]["last_checks"]["frmse_median"] == pytest.approx(float(np.median([c.frmse for c in recent])))
+        assert f"walker {w}: DFT calls per 1000 MD steps" in result.stderr  # the summary table's line
+        assert f"{1000 * len(own) / 24:.1f} ({len(own)} calls / 24 steps)" in result.stderr
+    campaign = yaml.safe_load(status.stdout)
+    assert campaign["dft_calls_per_1000_steps"] == pytest.approx(1000 * len(frames) / 48)
+    only = yaml.safe_load(run_otf("status", "share", "--walker", "hot", "--store", store, "--json").stdout)
+    assert only["step"] == 48 and [w["walker"] for w in only["walkers"]] == ["hot"]  # the campaign row stays whole
+    assert only["walkers"][0]["dft_calls_per_1000_steps"] == rows["hot"]["dft_calls_per_1000_steps"]
     hot = yaml.safe_load(run_otf("checks", "share", "--walker", "hot", "--store", store, "--json").stdout)
     assert hot and {r["walker"] for r in hot} == {"hot"}
     bad = run_otf("checks", "share", "--walker", "warm", "--store", store)
