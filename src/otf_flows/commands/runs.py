@@ -320,7 +320,8 @@ def lineage(model_id: str = typer.Argument(..., help="Model id."), store: Option
 @app.command()
 def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (default: all)."),
            store: Optional[str] = StoreOpt, as_json: bool = JsonOpt, walker: Optional[str] = WalkerOpt) -> None:
-    """Campaigns, progress and cost so far; a campaign with walkers also each walker's step, interval and checks."""
+    """Campaigns: progress, errors at check time (last 5 checks), DFT calls per 1000 MD steps, wall time; a
+    campaign with walkers also each walker's step, interval, checks, errors and DFT calls."""
     st = open_store_arg(store)
     if walker is not None and campaign is None:
         raise InputError("--walker: give the CAMPAIGN too, e.g. `otf status NAME --walker W`")
