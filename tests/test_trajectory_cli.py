@@ -96,12 +96,12 @@ def test_status_shows_the_cost_next_to_the_errors_at_check_time(guarded):
     assert [r["dft_calls_per_1000_steps"] for r in listing] == [status["dft_calls_per_1000_steps"]]
     table = run_otf("status", NAME, "--store", str(store))
     assert table.returncode == 0, table.stderr
-    header = next(line for line in table.stdout.splitlines() if "dft_calls_per_1000_steps" in line)
+    header = next(line for line in table.stdout.splitlines() if "dft_per_1000_steps" in line)
     row = next(line for line in table.stdout.splitlines() if line.strip("│ ").startswith(NAME))
     cells = dict(zip([c.strip() for c in header.split("┃")], [c.strip() for c in row.split("│")]))
-    assert float(cells["dft_calls_per_1000_steps"]) == pytest.approx(status["dft_calls_per_1000_steps"], rel=1e-3)
+    assert float(cells["dft_per_1000_steps"]) == pytest.approx(status["dft_calls_per_1000_steps"], rel=1e-3)
     assert float(cells["frmse_at_check"]) == pytest.approx(status["last_checks"]["frmse_median"], rel=1e-3)
-    assert cells["n_dft_labels"] == str(n_dft)
+    assert cells["dft_calls"] == str(n_dft)
 
 
 def test_export_writes_each_accepted_step_once_with_the_drivers_labels(guarded, tmp_path):

@@ -354,14 +354,14 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
     else:
         print_table([_at_check(r) for r in rows],
                     ["campaign", "status", "step", "total_steps", "model_id", "n_checks", "frmse_at_check",
-                     "ediff_at_check", "n_dft_labels", "dft_calls_per_1000_steps", "n_models", "wall_seconds",
-                     "message"], f"campaigns ({_STATUS_NOTE})")
+                     "ediff_at_check", "dft_calls", "dft_per_1000_steps", "n_models", "wall_seconds", "message"],
+                    f"campaigns ({_STATUS_NOTE})")
         for row in rows:
             if row.get("walkers"):
                 print_table([_at_check(w) for w in row["walkers"]],
                             ["walker", "status", "step", "total_steps", "interval", "n_checks", "n_failed_checks",
                              "n_guard_trips", "n_refits", "pending_refit", "frmse_at_check", "ediff_at_check",
-                             "n_dft_labels", "dft_calls_per_1000_steps"],
+                             "dft_calls", "dft_per_1000_steps"],
                             f"walkers of {row['campaign']}")
         if chain:
             print_table(chain, ["number", "chain", "index", "job_id", "host", "ntasks", "started_at", "ended_at",
@@ -369,11 +369,12 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
                         f"batch allocations of {campaign} (otf submit --batch)")
 
 
-_STATUS_NOTE = (f"frmse and ediff at check time: median of the last {LAST_CHECKS} checks, eV/Å and eV/atom; DFT "
-                "calls: initial MD labels and every check, also per 1000 MD steps done")
+_STATUS_NOTE = (f"frmse and ediff at check time: median of the last {LAST_CHECKS} checks, eV/Å and eV/atom; "
+                "dft_calls: initial MD labels and every check, also per 1000 MD steps done")
 
 
 def _at_check(row: dict) -> dict:
-    """A status row with its median errors at check time as columns of their own (the table's)."""
+    """A status row as the table shows it: median errors at check time and the DFT calls in short columns."""
     last = row["last_checks"]
-    return {**row, "frmse_at_check": last["frmse_median"], "ediff_at_check": last["ediff_median"]}
+    return {**row, "frmse_at_check": last["frmse_median"], "ediff_at_check": last["ediff_median"],
+            "dft_calls": row["n_dft_labels"], "dft_per_1000_steps": row["dft_calls_per_1000_steps"]}
