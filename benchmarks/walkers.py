@@ -86,10 +86,18 @@ def separate_config(temperature_K: int, seed: int, steps: int) -> dict:
     return data
 
 
+SHARED_INITIAL = False
+"""With ``--shared-initial``: only the first walker runs reference-driven MD before the first fit; the others
+start from that model (``walkers[].num_initial_steps: 0``)."""
+
+
 def walkers_config(seed: int, steps: int, workers: int = 1) -> dict:
     data = base_config(seed, steps)
     data["name"] = f"wb-w{workers}-s{seed}"
     data["walkers"] = [{"name": walker_name(t), "md": {"temperature_K": t}} for t in TEMPERATURES_K]
+    if SHARED_INITIAL:
+        for walker in data["walkers"][1:]:
+            walker["num_initial_steps"] = 0
     data.setdefault("execution", {}).setdefault("local", {})["workers"] = workers
     return data
 
@@ -390,6 +398,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help=f"MD steps per trajectory (default {STEPS}; quick: "
                    f"{QUICK_STEPS})")
     p.add_argument("--no-workers", action="store_true", help="skip the execution.local.workers: 2 timing run")
+    p.add_argument("--shared-initial", action="store_true",
+                   help="only the first walker runs reference MD before the first fit (walkers[].num_initial_steps: 0)")
     p.add_argument("--only-workers", action="store_true",
                    help="only the walker campaign with execution.local.workers: 2 (first seed; --merge it with the "
                         "run of that seed, e.g. run at the same time)")
@@ -401,6 +411,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     name = f"{NAME}_{args.tag}" if args.tag else NAME
     SETTINGS.update(overrides(args.overrides))
+    global SHARED_INITIAL
+    SHARED_INITIAL = args.shared_initial
     if args.merge or args.from_json:
         parts = [json.loads(Path(f).read_text()) for f in (args.merge or [args.from_json])]
         by_seed: dict[int, dict] = {}

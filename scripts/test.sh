@@ -9,4 +9,4 @@ if [[ $(id -u) -eq 0 ]]; then
   bash scripts/slurm/start.sh            # a one-node SLURM cluster (apt-get installs it the first time)
   trap 'bash scripts/slurm/stop.sh' EXIT
 fi
-"$PY" -m pytest -q "$@"
+"$PY" -m pytest -q --durations=30 "$@"

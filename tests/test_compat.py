@@ -126,3 +126,9 @@ def test_store_written_before_resumes(tmp_path):
     doc = store.require_campaign("compat-emt")
     assert doc.status == "completed" and doc.step == 17
     assert len(store.checks("compat-emt")) > 1 and len(store.frames_of("compat-emt")) > n_frames
+    # it resumed with the settings it was started with, not today's defaults (issue 23): only the steps changed
+    assert [change["changed"] for change in doc.changes] == [{"md.total_steps": [9, 17]}]
+    assert doc.config["rollback_on_fail"] is False and doc.config["refit"]["every_new_labels"] is None
+    assert doc.config["uncertainty"]["enabled"] is False
+    assert doc.config["adaptive_method_parameters"]["grow_below"] == 1.0
+    assert not any(c.rolled_back_to is not None or c.trigger == "uncertainty" for c in store.checks("compat-emt"))

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "otf_flows.ml.base")),
     ("settings", ("otf_flows.reference.settings", "otf_flows.reference.cp2k.settings",
                   "otf_flows.reference.vasp.settings", "otf_flows.ml.gap.settings", "otf_flows.ml.mace.settings",
-                  "otf_flows.yaml_config", "otf_flows.walkers")),
+                  "otf_flows.yaml_config", "otf_flows.walkers", "otf_flows.defaults")),
     ("leaf", ("otf_flows.labels", "otf_flows.errors", "otf_flows.settings", "otf_flows.dirs", "otf_flows.faults",
               "otf_flows.progress", "otf_flows.schemas", "otf_flows.schedule", "otf_flows.checks")),
 ]

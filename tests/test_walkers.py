@@ -417,6 +417,30 @@ def test_killed_after_a_label_while_another_walker_refits_then_resume(tmp_path):
     _assert_walkers_consistent(st, "orphan", config_from_dict(data))
 
 
+def test_a_walker_without_initial_steps_starts_from_the_first_model(tmp_path):
+    """walkers[].num_initial_steps: 0: the walker pays for no DFT MD of its own; it starts from the first model,
+    fitted on the other walker's initial labels, and completes with the campaign."""
+    data = _tiny("noinit", steps=16, walkers=[{"name": "cold", "md": {"temperature_K": 600}},
+                                              {"name": "hot", "md": {"temperature_K": 1500, "seed": 3},
+                                               "num_initial_steps": 0}])
+    path = _write(tmp_path, data)
+    store = str(tmp_path / "store")
+    result = run_otf("run", str(path), "--store", store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    st = OtfStore(store)
+    initial = [f for f in st.frames_of("noinit") if f.source == "initial_md"]
+    assert {f.walker for f in initial if f.md_step > 0} == {"cold"}
+    first = min(st.models("noinit"), key=lambda m: m.version)
+    assert {f.frame_id for f in initial} == set(first.training_frame_ids)
+    assert min(c.step for c in st.checks("noinit") if c.walker == "hot") <= data["check_interval"]
+    _assert_walkers_consistent(st, "noinit", config_from_dict(data))
+    # every walker at 0 and nothing else to fit on: one line, exit 2
+    data["num_initial_steps"] = 0
+    data["walkers"][0]["num_initial_steps"] = 0
+    result = run_otf("run", str(_write(tmp_path, {**data, "name": "nodata"})), "--store", str(tmp_path / "s2"))
+    assert result.returncode == 2 and "num_initial_steps is 0 (for every walker)" in result.stderr, result.stderr
+
+
 def test_store_takes_n_walker_processes_writing_at_once(tmp_path):
     """The embedded store under 4 processes writing walker documents, frames and lease claims at once."""
     store = str(tmp_path / "store")

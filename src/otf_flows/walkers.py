@@ -33,10 +33,14 @@ BLOCKS = ("structure", "md", "tolerances")
 #: short names of grid keys in generated walker names (T1500-P0)
 ABBREVIATIONS = {"md.temperature_K": "T", "md.pressure_GPa": "P", "md.seed": "seed", "md.total_steps": "n"}
 _STRUCTURE_KINDS = ("file", "builder", "numbers")
+#: validation context of one walker's settings: rules of the whole campaign (e.g. that some data is there for
+#: the first fit) are checked on the campaign, not on each walker
+WALKER_CONTEXT = {"walker": True}
 
 
 class WalkerSpec(Strict):
-    """One walker: its name and what it changes in the campaign's ``structure``, ``md`` and ``tolerances``."""
+    """One walker: its name and what it changes in the campaign's ``structure``, ``md``, ``tolerances`` and
+    ``num_initial_steps``."""
 
     name: str = Field(pattern=WALKER_NAME, description="Walker name, unique in the campaign (letters, digits, "
                       ". _ -; at most 50 characters); names its states, checks and trajectory (`--walker NAME`).")
@@ -52,6 +56,12 @@ class WalkerSpec(Strict):
     )
     tolerances: dict[str, Any] = Field(
         default_factory=dict, description="Keys of the campaign's tolerances this walker changes, e.g. {fmax: 0.4}.",
+    )
+    num_initial_steps: int | None = Field(
+        None, ge=0, description="Reference-driven MD steps of this walker before the first fit; null: the "
+        "campaign's num_initial_steps. 0: the walker starts from the first model, fitted on the other walkers' "
+        "initial labels (and refit.previous_data), and pays for no DFT MD of its own; its first checks teach the "
+        "model its conditions.",
     )
 
 
@@ -155,6 +165,8 @@ def walker_data(config, spec: WalkerSpec) -> dict[str, Any]:
         data["structure"] = structure
     data["md"] = {**data["md"], **spec.md}
     data["tolerances"] = {**data["tolerances"], **spec.tolerances}
+    if spec.num_initial_steps is not None:
+        data["num_initial_steps"] = spec.num_initial_steps
     return data
 
 
@@ -165,13 +177,14 @@ def walker_config(config, walker: str | None):
         return config
     for spec in expand(config.walkers):
         if spec.name == walker:
-            return type(config).model_validate(walker_data(config, spec))
+            return type(config).model_validate(walker_data(config, spec), context=WALKER_CONTEXT)
     raise ValueError(f"walker {walker!r} is not in campaign {config.name!r} (walkers: {', '.join(names(config))})")
 
 
 def walker_configs(config) -> dict:
     """Walker name -> its validated settings ({} for a campaign without walkers)."""
-    return {spec.name: type(config).model_validate(walker_data(config, spec)) for spec in expand(config.walkers)}
+    return {spec.name: type(config).model_validate(walker_data(config, spec), context=WALKER_CONTEXT)
+            for spec in expand(config.walkers)}
 
 
 def resolve_structure_files(config, base: Path) -> list[str]:

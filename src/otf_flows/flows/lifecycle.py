@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobflow import Flow
+from pydantic import ValidationError
 
 from otf_flows.campaign import CampaignConfig, store_reference
 from otf_flows.data import frames_from_xyz
-from otf_flows.errors import InputError
+from otf_flows.errors import ConfigError, InputError
 from otf_flows.flows.graph import campaign_flow, resume_flow
+from otf_flows.yaml_config import error_line
 from otf_flows.mongo import redact
 from otf_flows.reference.registry import get_engine
 from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
@@ -28,7 +30,8 @@ from otf_flows.walkers import walker_configs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IGNORED_KEYS", "RESUMABLE_KEYS", "prepare_campaign", "resume_changes", "stored_config",
+__all__ = ["IGNORED_KEYS", "RESUMABLE_KEYS", "prepare_campaign", "resume_changes", "resumed_config",
+           "stored_config",
            "validate_inputs"]
 
 
@@ -76,6 +79,7 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
         store.put_campaign(doc)
         return campaign_flow(config, location)
     stored = CampaignConfig.model_validate(existing.config)
+    config = resumed_config(stored, config)
     changed = resume_changes(stored, config)
     fields = {}
     if changed:
@@ -90,8 +94,41 @@ def prepare_campaign(config: CampaignConfig, store: OtfStore, resume: bool = Fal
     return resume_flow(existing, location)
 
 
+def resumed_config(stored: CampaignConfig, config: CampaignConfig) -> CampaignConfig:
+    """The settings a campaign resumes with: the keys the YAML gives, and for every other key the stored value,
+    not today's default (a campaign resumes with the settings it started with, whatever a later version's
+    defaults). ``execution`` (the resources of this run) and ``store`` come from the YAML as they are.
+
+    Raises :class:`ConfigError` (one line) if the two do not make a valid campaign.
+    """
+    given = config.model_dump(mode="json", exclude_unset=True)
+    given["execution"] = config.execution.model_dump(mode="json")
+    given["store"] = config.store
+    merged = _overlay(stored.model_dump(mode="json"), given)
+    try:
+        return CampaignConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(f"--resume: the YAML with the stored settings of campaign {config.name!r}: "
+                          f"{error_line(err)}") from None
+
+
+_TAGS = ("engine", "backend", "builder", "file", "numbers")
+"""Keys that say which kind a block is (reference engine, model backend, structure): another kind replaces
+the stored block whole."""
+
+
+def _overlay(stored, given):
+    """``stored`` with ``given`` laid over it, mapping by mapping (lists and other kinds of block replace)."""
+    if not (isinstance(stored, dict) and isinstance(given, dict)):
+        return given
+    if any(stored.get(tag) != given.get(tag) for tag in _TAGS if tag in given or tag in stored) and \
+            any(tag in given for tag in _TAGS):
+        return given
+    return {**stored, **{key: _overlay(stored.get(key), value) for key, value in given.items()}}
+
+
 RESUMABLE_KEYS = frozenset({
-    "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
+    "compat", "can_update", "tolerances", "check_interval", "adaptive_method_parameters", "rollback_on_fail",
     "uncertainty", "validation", "execution", "md.total_steps", "md.trajectory_interval", "md.guard",
     "model.num_threads", "refit.train_on", "refit.every_new_labels", "refit.virials",
     *(f"reference.{key}" for key in RUN_KEYS | SCF_PATH_KEYS),

@@ -85,8 +85,9 @@ class OtfMDMaker(Maker):
         The reference: an atomate2 ``StaticMaker`` (CP2K or VASP), an ASE calculator class or
         instance, or a ``reference`` block; see :mod:`otf_flows.reference.from_maker` for what carries over.
     md, num_initial_steps, check_interval, adaptive_method_parameters, tolerances, can_update, \
-rollback_on_fail, model, refit, uncertainty, validation, execution
-        The campaign's settings (:class:`~otf_flows.campaign.CampaignConfig`).
+rollback_on_fail, compat, model, refit, uncertainty, validation, execution
+        The campaign's settings (:class:`~otf_flows.campaign.CampaignConfig`); ``rollback_on_fail`` None
+        takes the campaign's default (``compat: hybrid-md``: false).
     structure
         Starting structure used when :meth:`make` gets none (a YAML's ``structure`` block).
     store
@@ -107,7 +108,8 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
     adaptive_method_parameters: AdaptiveMethodParameters | None = None
     tolerances: Tolerances = field(default_factory=_default("tolerances"))
     can_update: bool = False
-    rollback_on_fail: bool = False
+    rollback_on_fail: bool | None = None
+    compat: str | None = None
     model: ModelSettings = field(default_factory=_default("model"))
     refit: Refit = field(default_factory=_default("refit"))
     uncertainty: UncertaintySettings = field(default_factory=_default("uncertainty"))
@@ -166,8 +168,11 @@ rollback_on_fail, model, refit, uncertainty, validation, execution
         block = self._structure_block(structure).model_dump(mode="json", exclude_unset=True)
         data = {"name": self.name, "structure": block, "reference": self.reference.model_dump(mode="json"),
                 "store": self.store, "num_initial_steps": self.num_initial_steps,
-                "check_interval": self.check_interval, "can_update": self.can_update,
-                "rollback_on_fail": self.rollback_on_fail}
+                "check_interval": self.check_interval, "can_update": self.can_update}
+        if self.rollback_on_fail is not None:  # None: the campaign's default (or its compat mode's)
+            data["rollback_on_fail"] = self.rollback_on_fail
+        if self.compat is not None:
+            data["compat"] = self.compat
         if self.walkers is not None:
             data["walkers"] = (self.walkers.model_dump(mode="json") if isinstance(self.walkers, WalkerGrid)
                                else [w.model_dump(mode="json", exclude_unset=True) for w in self.walkers])
