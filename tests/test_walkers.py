@@ -185,11 +185,13 @@ def test_two_walkers_share_one_training_set_and_one_lineage(tmp_path):
     # a walker's segments start with the campaign's newest model: a walker checked a model fitted after
     # the other walker's failed check
     assert any(models[c.model_id].trigger_walker not in (None, c.walker) for c in checks)
-    # each walker has its own schedule: its checks' intervals follow its own previous check
+    # each walker has its own schedule: its checks' intervals follow its own previous check, in the order
+    # they ran (a failed check rolls its walker back to rolled_back_to, rollback_on_fail being the default)
     for w in ("cold", "hot"):
-        own = sorted((c for c in checks if c.walker == w), key=lambda c: c.step)
+        own = sorted((c for c in checks if c.walker == w), key=lambda c: c.created_at)
         for before, after in itertools.pairwise(own):
-            assert after.interval == min(before.new_interval, data["md"]["total_steps"] - before.step)
+            start = before.rolled_back_to if before.rolled_back_to is not None else before.step
+            assert after.interval == min(before.new_interval, data["md"]["total_steps"] - start)
     # the log has one line per walker event, named by its walker
     assert "cold: step" in result.stderr and "hot: step" in result.stderr
     # status / checks --walker / JSON rows carry the walker
