@@ -38,6 +38,7 @@ import otf_flows.cli as otf_cli
 import otf_flows.commands as otf_commands
 from otf_flows.campaign import CampaignConfig
 from otf_flows.schemas import documents
+from otf_flows.schemas.walkers import WalkerDoc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -430,18 +431,34 @@ def command_function(name: str):
 
 
 def dict_keys(func) -> list[str]:
-    """The keys of the largest dict literal a function builds (its output row), nested ones dotted."""
+    """The keys of the largest dict literal a function builds (its output row), nested ones dotted; a value
+    built by another function of the command-line package that builds a dict (``check_time_errors(...)``)
+    is expanded into that function's keys."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     dicts = [n for n in ast.walk(tree) if isinstance(n, ast.Dict)]
     if not dicts:
         raise ValueError(f"{func.__qualname__} builds no dict literal")
     biggest = max(dicts, key=lambda d: len(d.keys))
 
+    def built_by(node) -> list[str] | None:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            return None
+        try:
+            return dict_keys(command_function(node.func.id))
+        except (LookupError, ValueError, TypeError):  # not ours, or not a dict
+            return None
+
     def keys(node: ast.Dict, prefix: str) -> list[str]:
         out = []
         for k, v in zip(node.keys, node.values):
             if isinstance(k, ast.Constant) and isinstance(k.value, str):
-                out += keys(v, f"{prefix}{k.value}.") if isinstance(v, ast.Dict) else [f"{prefix}{k.value}"]
+                inner = built_by(v)
+                if isinstance(v, ast.Dict):
+                    out += keys(v, f"{prefix}{k.value}.")
+                elif inner is not None:
+                    out += [f"{prefix}{k.value}.{key}" for key in inner]
+                else:
+                    out.append(f"{prefix}{k.value}")
         return out
 
     return keys(biggest, "")
@@ -464,7 +481,10 @@ _JSON_EXTRA = {
     "n_models": "Model versions of the campaign.",
     "model_n_training_frames": "Training frames of the current model (imports included).",
     "n_dft_labels_trained": "The campaign's own labels in the current model's training set.",
-    "last_checks.n": "How many recent checks the figures below cover (at most 5).",
+    "dft_calls_per_1000_steps": "What the accuracy costs: 1000 × `n_dft_labels` / `step`. Every reference "
+    "label counts (initial MD, checks, guard checks, checks of rolled-back segments; not imports); `step` "
+    "counts the reference-driven initial steps too, so ab initio MD would show 1000. null before the first step.",
+    "last_checks.n": "How many recent checks the errors at check time below cover (at most 5).",
     "last_checks.n_passed": "Of them, passed.",
     "last_checks.frmse_median": "Median force RMSE at check time (eV/Å).",
     "last_checks.frmse_max": "Largest force RMSE at check time (eV/Å).",
@@ -547,6 +567,19 @@ def json_reference() -> str:
         lines += [f"## `{command}`", "", what[0].upper() + what[1:] + ".", "", "| key | description |", "|---|---|"]
         lines += [f"| `{k}` | {_cell(_json_description(k, models))} |" for k in keys]
         lines.append("")
+    lines += [
+        "## `walkers` of a campaign with walkers",
+        "",
+        "`otf status` and `otf run --json` of a campaign with `walkers:` ([tutorial](../tutorials/walkers.md)) "
+        "add `walkers`: a list, one object per walker (with `--walker`, that walker's), whose counts, "
+        "errors and `dft_calls_per_1000_steps` are the walker's own (its labels over its MD steps).",
+        "",
+        "| key | description |",
+        "|---|---|",
+    ]
+    walker_keys = dict_keys(command_function("walker_rows"))
+    lines += [f"| `{k}` | {_cell(_json_description(k, (WalkerDoc,)))} |" for k in walker_keys]
+    lines.append("")
     lines += [
         "## `otf validate MODEL_ID --benchmark NAME --json`",
         "",

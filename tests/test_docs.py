@@ -150,7 +150,16 @@ def test_getting_started_runs_as_written(tmp_path):
     assert list(json_of("models")[0]) == documented["otf models --json, otf lineage MODEL_ID --json"]
     assert list(json_of("data", "frames", "cu-quick")[0]) == documented["otf data frames CAMPAIGN --json"]
     status = json_of("status", "cu-quick")
-    assert list(status) == documented["otf status [CAMPAIGN] --json"]
+    assert dotted_keys(status) == documented["otf status [CAMPAIGN] --json"]
+    assert "last_checks.frmse_median" in dotted_keys(status)  # nested objects are documented key by key
+
+
+def dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """The keys of a JSON object, those of nested objects dotted (``last_checks.n``)."""
+    out = []
+    for key, value in data.items():
+        out += dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return out
 
 
 _HASH = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")

@@ -75,6 +75,34 @@ def test_run_json_prints_the_summary(guarded):
     assert summary["last_checks"]["frmse_median"] == pytest.approx(float(np.median([c.frmse for c in last])))
     assert summary["n_guard_trips"] >= 1
     assert "campaign traj" not in result.stdout  # no table on stdout
+    # the cost next to the errors: every DFT call (initial MD, checks, the guard's check) per 1000 MD steps
+    guard = _guard(store)
+    assert guard.frame_id in {f.frame_id for f in labels}  # the guard's DFT call counts
+    n_initial = sum(f.source == "initial_md" for f in labels)
+    assert n_initial == config.num_initial_steps + 1  # steps 0..num_initial_steps, each a DFT call
+    assert len(labels) == n_initial + len(st.checks(NAME))  # one call per check, guard checks included
+    assert summary["dft_calls_per_1000_steps"] == pytest.approx(1000 * len(labels) / config.md.total_steps)
+
+
+def test_status_shows_the_cost_next_to_the_errors_at_check_time(guarded):
+    store, config, result = guarded
+    summary = json.loads(result.stdout)
+    st = OtfStore(str(store))
+    status = json.loads(run_otf("status", NAME, "--store", str(store), "--json").stdout)
+    n_dft = len(st.frames_of(NAME))
+    assert status["n_dft_labels"] == n_dft == summary["n_dft_labels"]
+    assert status["dft_calls_per_1000_steps"] == pytest.approx(1000 * n_dft / st.require_campaign(NAME).step)
+    assert status["last_checks"] == summary["last_checks"]
+    listing = json.loads(run_otf("status", "--store", str(store), "--json").stdout)
+    assert [r["dft_calls_per_1000_steps"] for r in listing] == [status["dft_calls_per_1000_steps"]]
+    table = run_otf("status", NAME, "--store", str(store))
+    assert table.returncode == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if "dft_per_1000_steps" in line)
+    row = next(line for line in table.stdout.splitlines() if line.strip("│ ").startswith(NAME))
+    cells = dict(zip([c.strip() for c in header.split("┃")], [c.strip() for c in row.split("│")]))
+    assert float(cells["dft_per_1000_steps"]) == pytest.approx(status["dft_calls_per_1000_steps"], rel=1e-3)
+    assert float(cells["frmse_at_check"]) == pytest.approx(status["last_checks"]["frmse_median"], rel=1e-3)
+    assert cells["dft_calls"] == str(n_dft)
 
 
 def test_export_writes_each_accepted_step_once_with_the_drivers_labels(guarded, tmp_path):

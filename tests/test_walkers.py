@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import CONFIGS, run_otf
@@ -186,17 +187,34 @@ def test_two_walkers_share_one_training_set_and_one_lineage(tmp_path):
     # a walker's segments start with the campaign's newest model: a walker checked a model fitted after
     # the other walker's failed check
     assert any(models[c.model_id].trigger_walker not in (None, c.walker) for c in checks)
-    # each walker has its own schedule: its checks' intervals follow its own previous check
+    # each walker has its own schedule: its checks' intervals follow its own previous check, in the order
+    # they ran (a failed check rolls its walker back to rolled_back_to, rollback_on_fail being the default)
     for w in ("cold", "hot"):
-        own = sorted((c for c in checks if c.walker == w), key=lambda c: c.step)
+        own = sorted((c for c in checks if c.walker == w), key=lambda c: c.created_at)
         for before, after in itertools.pairwise(own):
-            assert after.interval == min(before.new_interval, data["md"]["total_steps"] - before.step)
+            start = before.rolled_back_to if before.rolled_back_to is not None else before.step
+            assert after.interval == min(before.new_interval, data["md"]["total_steps"] - start)
     # the log has one line per walker event, named by its walker
     assert "cold: step" in result.stderr and "hot: step" in result.stderr
     # status / checks --walker / JSON rows carry the walker
     status = run_otf("status", "share", "--store", store, "--json")
     rows = {w["walker"]: w for w in yaml.safe_load(status.stdout)["walkers"]}
     assert rows["hot"]["step"] == 24 and rows["hot"]["n_checks"] == sum(c.walker == "hot" for c in checks)
+    # the cost next to the errors, per walker: its own DFT calls (initial MD + checks) per 1000 of its MD steps
+    frames = st.frames_of("share")
+    for w in ("cold", "hot"):
+        own = [f for f in frames if f.walker == w]
+        assert own and rows[w]["n_dft_labels"] == len(own)
+        assert rows[w]["dft_calls_per_1000_steps"] == pytest.approx(1000 * len(own) / 24)
+        recent = sorted((c for c in checks if c.walker == w), key=lambda c: c.created_at)[-5:]
+        assert rows[w]["last_checks"]["frmse_median"] == pytest.approx(float(np.median([c.frmse for c in recent])))
+        assert f"walker {w}: DFT calls per 1000 MD steps" in result.stderr  # the summary table's line
+        assert f"{1000 * len(own) / 24:.1f} ({len(own)} calls / 24 steps)" in result.stderr
+    campaign = yaml.safe_load(status.stdout)
+    assert campaign["dft_calls_per_1000_steps"] == pytest.approx(1000 * len(frames) / 48)
+    only = yaml.safe_load(run_otf("status", "share", "--walker", "hot", "--store", store, "--json").stdout)
+    assert only["step"] == 48 and [w["walker"] for w in only["walkers"]] == ["hot"]  # the campaign row stays whole
+    assert only["walkers"][0]["dft_calls_per_1000_steps"] == rows["hot"]["dft_calls_per_1000_steps"]
     hot = yaml.safe_load(run_otf("checks", "share", "--walker", "hot", "--store", store, "--json").stdout)
     assert hot and {r["walker"] for r in hot} == {"hot"}
     bad = run_otf("checks", "share", "--walker", "warm", "--store", store)
@@ -245,6 +263,7 @@ def test_refit_asked_for_during_a_refit_is_merged_into_it(tmp_path):
     """(a) walker cold's refit holds the lease (held at a fault point) while walker hot's check fails and asks
     for a refit; cold's fit, once let go, trains on hot's label too, and hot's refit fits nothing more."""
     data = _tiny("merge", steps=16, tolerances={"ediff": 1e-6, "fmax": 1e-4},  # every check fails
+                 rollback_on_fail=False,  # a rollback would re-run a segment whose check can never pass, forever
                  execution={"local": {"workers": 2}})
     path = _write(tmp_path, data)
     store = str(tmp_path / "store")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +306,13 @@ class OtfStore:
         """Every frame a campaign produced (training or check), by MD step."""
         docs = self.collection("frames").query({"campaign": campaign})
         return sorted((FrameDoc.model_validate(_clean(d)) for d in docs), key=lambda f: (f.md_step or 0, f.created_at))
+
+    def dft_calls(self, campaign: str) -> dict[str | None, int]:
+        """Reference (DFT) labels the campaign made, per walker (None: a campaign without walkers): its
+        initial-MD frames and the frames of its checks, guard checks and checks of rolled-back segments
+        included; imported frames are not counted. Reads only two fields per frame."""
+        docs = self.collection("frames").query({"campaign": campaign}, properties=["walker", "source"])
+        return dict(Counter(d.get("walker") for d in docs if d.get("source") != "import"))
 
     # ----------------------------------------------------------------- checks
     def get_check(self, check_id: str) -> CheckDoc | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import sys
 
 import typer
@@ -35,9 +36,42 @@ def require_walker(st, campaign: str, walker: str | None) -> None:
         raise InputError(f"--walker: {walker!r} is not a walker of campaign {campaign!r} (walkers: {listed})")
 
 
+#: The summary and `otf status` show the errors at check time of this many most recent checks.
+LAST_CHECKS = 5
+
+
+def per_1000_steps(n_dft_calls: int, steps: int) -> float | None:
+    """DFT calls per 1000 MD steps: ``1000 * n_dft_calls / steps`` (None before the first step).
+
+    ``n_dft_calls`` counts every reference label the campaign made (initial MD, checks, guard checks,
+    checks of rolled-back segments); ``steps`` is the MD step reached, the reference-driven initial steps
+    included, so plain ab initio MD would show 1000.
+    """
+    return 1000.0 * n_dft_calls / steps if steps > 0 else None
+
+
+def check_time_errors(checks: list) -> dict:
+    """Errors at check time of the :data:`LAST_CHECKS` most recent ``checks``: median and max, and how many passed."""
+    recent = sorted(checks, key=lambda c: c.created_at)[-LAST_CHECKS:]
+
+    def median_max(values: list) -> tuple[float | None, float | None]:
+        values = [v for v in values if v is not None]
+        return (float(statistics.median(values)), float(max(values))) if values else (None, None)
+
+    frmse_median, frmse_max = median_max([c.frmse for c in recent])
+    ediff_median, ediff_max = median_max([c.ediff for c in recent])
+    return {
+        "n": len(recent), "n_passed": sum(c.passed for c in recent),
+        "frmse_median": frmse_median, "frmse_max": frmse_max,
+        "ediff_median": ediff_median, "ediff_max": ediff_max,
+    }
+
+
 def walker_rows(st, campaign: str, walker: str | None = None) -> list[dict]:
-    """One row per walker of ``campaign``: its state, step, interval and checks ([] without walkers)."""
+    """One row per walker of ``campaign``: its state, step, interval, checks, DFT calls per 1000 of its MD
+    steps and its errors at check time ([] without walkers)."""
     checks = st.checks(campaign)
+    calls = st.dft_calls(campaign)
     rows = []
     for w in st.walkers(campaign):
         if walker is not None and w.walker != walker:
@@ -47,7 +81,9 @@ def walker_rows(st, campaign: str, walker: str | None = None) -> list[dict]:
             "walker": w.walker, "status": w.status, "step": w.step, "total_steps": w.total_steps,
             "interval": w.interval, "n_checks": len(own), "n_failed_checks": sum(not c.passed for c in own),
             "n_guard_trips": sum(c.kind == "guard" for c in own), "n_refits": sum(c.refit for c in own),
-            "pending_refit": w.pending_refit,
+            "pending_refit": w.pending_refit, "n_dft_labels": calls.get(w.walker, 0),
+            "dft_calls_per_1000_steps": per_1000_steps(calls.get(w.walker, 0), w.step),
+            "last_checks": check_time_errors(own),
         })
     return rows
 

@@ -12,14 +12,17 @@ import typer
 from otf_flows import progress
 from otf_flows.campaign import json_schema
 from otf_flows.commands import (
+    LAST_CHECKS,
     JsonOpt,
     StoreOpt,
     WalkerOpt,
     app,
     check_row,
+    check_time_errors,
     make_console,
     model_row,
     open_store_arg,
+    per_1000_steps,
     print_json,
     print_table,
     require_walker,
@@ -166,17 +169,6 @@ def _progress(cfg):
     return manager()
 
 
-#: The end-of-run summary shows the errors of this many most recent checks.
-LAST_CHECKS = 5
-
-
-def _median_max(values: list) -> tuple[float | None, float | None]:
-    import numpy as np
-
-    values = [v for v in values if v is not None]
-    return (float(np.median(values)), float(max(values))) if values else (None, None)
-
-
 def summary_data(st, name: str, seconds: float) -> dict:
     """What the end-of-run summary shows (``otf run --json`` prints it)."""
     doc = st.require_campaign(name)
@@ -187,18 +179,17 @@ def summary_data(st, name: str, seconds: float) -> dict:
     # the split covers the whole campaign, over every run of it (--resume); the wall time of a
     # run killed without a chance to record it is missing from doc.wall_seconds, hence the max
     total = max(doc.wall_seconds, busy)
-    recent = sorted(checks, key=lambda c: c.created_at)[-LAST_CHECKS:]
-    frmse_median, frmse_max = _median_max([c.frmse for c in recent])
-    ediff_median, ediff_max = _median_max([c.ediff for c in recent])
     model = st.get_model(doc.model_id) if doc.model_id else None
     trained = set(model.training_frame_ids) if model else set()
     walkers = walker_rows(st, name)
+    step = sum(w["step"] for w in walkers) if walkers else doc.step  # over all walkers
     return {
         "campaign": name,
         "status": doc.status,
-        "step": sum(w["step"] for w in walkers) if walkers else doc.step,
+        "step": step,
         "total_steps": doc.total_steps,
         "n_dft_labels": len(labels),
+        "dft_calls_per_1000_steps": per_1000_steps(len(labels), step),
         "n_checks": len(checks),
         "n_failed_checks": sum(not c.passed for c in checks),
         "n_guard_trips": sum(c.kind == "guard" for c in checks),
@@ -207,11 +198,7 @@ def summary_data(st, name: str, seconds: float) -> dict:
         "model_id": doc.model_id,
         "model_n_training_frames": model.n_training_frames if model else None,
         "n_dft_labels_trained": sum(f.frame_id in trained for f in labels) if model else None,
-        "last_checks": {
-            "n": len(recent), "n_passed": sum(c.passed for c in recent),
-            "frmse_median": frmse_median, "frmse_max": frmse_max,
-            "ediff_median": ediff_median, "ediff_max": ediff_max,
-        },
+        "last_checks": check_time_errors(checks),
         "wall_seconds": {
             "reference": split["reference"], "fit": split["fit"], "ml_md": split["ml_md"],
             "other": max(total - busy, 0.0), "campaign": total, "this_run": seconds,
@@ -244,15 +231,17 @@ def _summary(st, name: str, seconds: float, as_json: bool = False) -> None:
                       + (f" (+{extra} imported)" if extra > 0 else ""))
     last = data["last_checks"]
     if last["n"]:
-        def errors(key: str, unit: str) -> str:
-            if last[f"{key}_median"] is None:
-                return "-"
-            return f"median {last[f'{key}_median']:.4g} (max {last[f'{key}_max']:.4g}) {unit}"
-
         head = f"last {last['n']} checks at check time"
-        table.add_row(f"{head}: frmse", errors("frmse", "eV/Å"))
-        table.add_row(f"{head}: ediff", errors("ediff", "eV/atom"))
+        table.add_row(f"{head}: frmse", _errors(last, "frmse", "eV/Å"))
+        table.add_row(f"{head}: ediff", _errors(last, "ediff", "eV/atom"))
         table.add_row(f"{head}: passed", f"{last['n_passed']}/{last['n']}")
+    # what the accuracy above cost: every DFT call (initial MD + checks) over the MD steps done
+    table.add_row("DFT calls per 1000 MD steps", _cost(data["dft_calls_per_1000_steps"], data["n_dft_labels"],
+                                                       data["step"]))
+    for w in data.get("walkers", []):
+        table.add_row(f"walker {w['walker']}: DFT calls per 1000 MD steps; frmse at check",
+                      f"{_cost(w['dft_calls_per_1000_steps'], w['n_dft_labels'], w['step'])}; "
+                      f"{_errors(w['last_checks'], 'frmse', 'eV/Å')}")
     wall = data["wall_seconds"]
     total = wall["campaign"]
     for label, key in (("reference", "reference"), ("fit", "fit"), ("ML-MD", "ml_md"), ("other", "other")):
@@ -264,6 +253,18 @@ def _summary(st, name: str, seconds: float, as_json: bool = False) -> None:
     console = make_console(stderr=True)
     console.print(table)
     console.print(f"results: store {data['store']} — try `otf checks {name}` and `otf models --campaign {name}`")
+
+
+def _errors(last: dict, key: str, unit: str) -> str:
+    """Median and max of an error at check time (a ``last_checks`` object), '-' without checks."""
+    if last[f"{key}_median"] is None:
+        return "-"
+    return f"median {last[f'{key}_median']:.4g} (max {last[f'{key}_max']:.4g}) {unit}"
+
+
+def _cost(rate: float | None, n_calls: int, steps: int) -> str:
+    """DFT calls per 1000 MD steps with the counts it comes from."""
+    return "-" if rate is None else f"{rate:.1f} ({n_calls} calls / {steps} steps)"
 
 
 @app.command()
@@ -319,7 +320,8 @@ def lineage(model_id: str = typer.Argument(..., help="Model id."), store: Option
 @app.command()
 def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (default: all)."),
            store: Optional[str] = StoreOpt, as_json: bool = JsonOpt, walker: Optional[str] = WalkerOpt) -> None:
-    """Campaigns, progress and cost so far; a campaign with walkers also each walker's step, interval and checks."""
+    """Campaigns: progress, errors at check time (last 5 checks), DFT calls per 1000 MD steps, wall time; a
+    campaign with walkers also each walker's step, interval, checks, errors and DFT calls."""
     st = open_store_arg(store)
     if walker is not None and campaign is None:
         raise InputError("--walker: give the CAMPAIGN too, e.g. `otf status NAME --walker W`")
@@ -330,10 +332,14 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
     for d in docs:
         split = st.time_split(d.name)
         walkers = walker_rows(st, d.name, walker)
-        step = sum(w["step"] for w in walkers) if walkers else d.step  # over all walkers
+        step = st.campaign_step(d)  # over all walkers, --walker or not
+        checks = st.checks(d.name)
+        n_dft = sum(st.dft_calls(d.name).values())
         rows.append({
             "campaign": d.name, "status": d.status, "step": step, "total_steps": d.total_steps,
-            "model_id": d.model_id, "n_checks": len(st.checks(d.name)), "n_models": len(st.models(d.name)),
+            "model_id": d.model_id, "n_checks": len(checks), "n_models": len(st.models(d.name)),
+            "n_dft_labels": n_dft, "dft_calls_per_1000_steps": per_1000_steps(n_dft, step),
+            "last_checks": check_time_errors(checks),
             "wall_seconds": d.wall_seconds, "reference_seconds": split["reference"], "fit_seconds": split["fit"],
             "ml_md_seconds": split["ml_md"], "message": d.message,
             **({"walkers": walkers} if walkers else {}),
@@ -346,14 +352,29 @@ def status(campaign: Optional[str] = typer.Argument(None, help="Campaign name (d
     if as_json:
         print_json(rows if not campaign else rows[0])
     else:
-        print_table(rows, ["campaign", "status", "step", "total_steps", "model_id", "n_checks", "n_models",
-                      "wall_seconds", "message"], "campaigns")
+        print_table([_at_check(r) for r in rows],
+                    ["campaign", "status", "step", "total_steps", "model_id", "n_checks", "frmse_at_check",
+                     "ediff_at_check", "dft_calls", "dft_per_1000_steps", "n_models", "wall_seconds", "message"],
+                    f"campaigns ({_STATUS_NOTE})")
         for row in rows:
             if row.get("walkers"):
-                print_table(row["walkers"], ["walker", "status", "step", "total_steps", "interval", "n_checks",
-                                             "n_failed_checks", "n_guard_trips", "n_refits", "pending_refit"],
+                print_table([_at_check(w) for w in row["walkers"]],
+                            ["walker", "status", "step", "total_steps", "interval", "n_checks", "n_failed_checks",
+                             "n_guard_trips", "n_refits", "pending_refit", "frmse_at_check", "ediff_at_check",
+                             "dft_calls", "dft_per_1000_steps"],
                             f"walkers of {row['campaign']}")
         if chain:
             print_table(chain, ["number", "chain", "index", "job_id", "host", "ntasks", "started_at", "ended_at",
                                 "steps", "exit_code", "reason", "next_job_id", "log"],
                         f"batch allocations of {campaign} (otf submit --batch)")
+
+
+_STATUS_NOTE = (f"frmse and ediff at check time: median of the last {LAST_CHECKS} checks, eV/Å and eV/atom; "
+                "dft_calls: initial MD labels and every check, also per 1000 MD steps done")
+
+
+def _at_check(row: dict) -> dict:
+    """A status row as the table shows it: median errors at check time and the DFT calls in short columns."""
+    last = row["last_checks"]
+    return {**row, "frmse_at_check": last["frmse_median"], "ediff_at_check": last["ediff_median"],
+            "dft_calls": row["n_dft_labels"], "dft_per_1000_steps": row["dft_calls_per_1000_steps"]}
