@@ -171,6 +171,8 @@ def test_checks_json_rows_have_kind_guard_reason_and_rollback(guarded):
         assert row["kind"] in ("check", "guard")
     guards = [r for r in rows if r["kind"] == "guard"]
     assert guards and all(r["guard_reason"] and r["rolled_back_to"] < r["step"] for r in guards)
+    # the tripped frame broke the tolerances: a bad model's trip (refitted), with the guard key that tripped
+    assert all(r["reference_agreed"] is False and r["refit"] and r["guard_limit"] for r in guards)
     assert all(r["guard_reason"] is None and r["rolled_back_to"] is None for r in rows if r["kind"] == "check")
     table = run_otf("checks", NAME, "--store", str(store))
     assert table.returncode == 0 and "at check time" in table.stdout and "guard" in table.stdout

@@ -154,6 +154,8 @@ def check_row(c) -> dict:
         "model_id": c.model_id,
         "new_model_id": c.new_model_id,
         "guard_reason": c.guard_reason,
+        "guard_limit": getattr(c, "guard_limit", None),
+        "reference_agreed": getattr(c, "reference_agreed", None),
         "rolled_back_to": c.rolled_back_to,
         "refit_error": c.refit_error,
         "reference_seconds": c.reference_seconds,
