@@ -188,7 +188,7 @@ def test_two_walkers_share_one_training_set_and_one_lineage(tmp_path):
     # the other walker's failed check
     assert any(models[c.model_id].trigger_walker not in (None, c.walker) for c in checks)
     # each walker has its own schedule: its checks' intervals follow its own previous check, in the order
-    # they ran (a failed check rolls its walker back to rolled_back_to, rollback_on_fail being the default)
+    # they ran (a failed check rolls its walker back to rolled_back_to, when rollback_on_fail is on)
     for w in ("cold", "hot"):
         own = sorted((c for c in checks if c.walker == w), key=lambda c: c.created_at)
         for before, after in itertools.pairwise(own):
