@@ -160,7 +160,7 @@ def test_hidden_error_quick(tmp_path):
     assert (tmp_path / "hidden_error_quick.png").stat().st_size > 0
     assert data["systems"]
     for s in data["systems"].values():
-        assert set(s["modes"]) == {"fixed", "adaptive", "adaptive+uncertainty"}
+        assert set(s["modes"]) == {"fixed", "hybrid-md", "adaptive", "adaptive+uncertainty"}
         for mode, m in s["modes"].items():
             runs = s["runs"][mode]
             assert len(runs) == len(data["seeds"]) == len(m["dft_calls_per_seed"])
@@ -178,6 +178,9 @@ def test_hidden_error_quick(tmp_path):
             g = s["gr"]["per_seed"][mode][0]
             assert len(g["r"]) == len(g["g_otf"]) == len(g["g_ref"]) and g["integrated_abs_diff_A"] >= 0
         assert s["modes"]["fixed"]["uncertainty_checks"] == s["modes"]["adaptive"]["uncertainty_checks"] == 0
+        assert s["modes"]["hybrid-md"]["uncertainty_checks"] == 0  # compat: hybrid-md has no trigger
+        # hybrid-md's rule: a refit exactly on each failed check, nothing rolled back
+        assert all(r["refits"] == r["checks_failed"] and r["rolled_back_frames"] == 0 for r in s["runs"]["hybrid-md"])
         c = s["correlation"]
         assert c["frames"] >= 3 and set(c["pooled"]) == {"max_local_std", "total_std", "mean_local_std"}
         assert _positive(c["cost"]["force_call_ms"])
