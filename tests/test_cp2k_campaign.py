@@ -20,6 +20,7 @@ SI8 = {
     "md": {"ensemble": "nvt_langevin", "temperature_K": 1000, "timestep_fs": 2.0, "total_steps": 14, "seed": 5,
            "trajectory_interval": 2},
     "reference": {"engine": "cp2k"},
+    "compat": "hybrid-md",  # hybrid-md's rule: no uncertainty trigger, refits on failed checks only
     "can_update": True,
     "num_initial_steps": 2,
     "check_interval": 4,  # fixed interval: checks at steps 6, 10, 14
