@@ -11,7 +11,7 @@ from conftest import run_otf, store_snapshot
 
 from otf_flows.campaign import config_from_dict
 from otf_flows.errors import InputError
-from otf_flows.flows.lifecycle import prepare_campaign, resume_changes, stored_config
+from otf_flows.flows.lifecycle import prepare_campaign, resume_changes, resumed_config, stored_config
 from otf_flows.schemas.documents import CampaignDoc
 from otf_flows.store import OtfStore
 
@@ -40,8 +40,8 @@ ACCEPTED = [
     ("reference.retries", 3),
     ("model.num_threads", 2),
     ("validation.checks", False),
-    ("rollback_on_fail", False),
-    ("compat", "hybrid-md"),
+    ("rollback_on_fail", True),
+    ("compat", None),
     ("uncertainty.every", 10),
     ("refit.train_on", "failed"),
     ("store", "/somewhere/else"),
@@ -65,7 +65,8 @@ REFUSED = [
 @pytest.mark.parametrize(("key", "value"), ACCEPTED, ids=[k for k, _ in ACCEPTED])
 def test_resume_accepts_a_change_of(cu_config, key, value):
     stored = config_from_dict(cu_config)
-    changed = resume_changes(stored, config_from_dict(_with(cu_config, key, value)))
+    # as --resume applies them: the keys the YAML gives over the stored settings
+    changed = resume_changes(stored, resumed_config(stored, config_from_dict(_with(cu_config, key, value))))
     if key == "store":
         assert changed == {}
     elif key == "execution.dft.queue":
