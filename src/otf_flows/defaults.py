@@ -47,7 +47,7 @@ def apply_compat(data: Any) -> Any:
     True
     >>> apply_compat({"compat": "hybrid-md", "adaptive_method_parameters": {"n_max": 80}})[
     ...     "adaptive_method_parameters"]
-    {'n_max': 80, 'grow_below': 1.0}
+    {'grow_below': 1.0, 'n_max': 80}
     """
     if not isinstance(data, dict) or data.get("compat") != "hybrid-md":
         return data
@@ -63,7 +63,7 @@ def apply_compat(data: Any) -> Any:
         if given is None:
             given = {}
         if isinstance(given, dict):  # anything else is the schema's error to report
-            data[block] = {**given} if key in given else {**given, key: value}
+            data[block] = {key: value, **given}
     return data
 
 
