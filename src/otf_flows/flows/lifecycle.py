@@ -121,8 +121,7 @@ def _overlay(stored, given):
     """``stored`` with ``given`` laid over it, mapping by mapping (lists and other kinds of block replace)."""
     if not (isinstance(stored, dict) and isinstance(given, dict)):
         return given
-    if any(stored.get(tag) != given.get(tag) for tag in _TAGS if tag in given or tag in stored) and \
-            any(tag in given for tag in _TAGS):
+    if any(tag in given and stored.get(tag) != given[tag] for tag in _TAGS):
         return given
     return {**stored, **{key: _overlay(stored.get(key), value) for key, value in given.items()}}
 
