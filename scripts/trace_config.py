@@ -12,7 +12,8 @@ are one stay. Printed:
   one before, layers as in tests/test_layout.py's ``LAYERS`` (unknown modules count as the lowest);
 - ``returns``: steps to a module the path had already left.
 
-Usage: ``python scripts/trace_config.py [--path]`` (``--path`` prints the path, one stay a line).
+Usage: ``python scripts/trace_config.py [--path] [--walkers]`` (``--path`` prints the path, one stay a
+line; ``--walkers`` runs the campaign as two walkers at two temperatures).
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ def summary(path: list[str]) -> dict:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "trace.yaml"
-        cfg.write_text(yaml.safe_dump(CONFIG))
+        data = dict(CONFIG)
+        if "--walkers" in sys.argv:
+            data["walkers"] = [{"name": "cold", "md": {"temperature_K": 300}}, {"name": "hot", "md": {"seed": 8}}]
+        cfg.write_text(yaml.safe_dump(data))
         path = trace(["run", str(cfg), "--store", str(Path(tmp) / "store")])
     if "--path" in sys.argv:
         for module in path:

@@ -228,6 +228,36 @@ def test_two_walkers_share_one_training_set_and_one_lineage(tmp_path):
     assert frames and {a.info["walker"] for a in frames} == {"cold"}
 
 
+def test_walker_jobs_carry_the_walkers_settings_and_older_ones_get_them(tmp_path):
+    """A walker's trajectory jobs carry its settings (resolved once, when the chain is built); a job serialised
+    before that (the campaign's settings with its walkers, and the walker's name) gets the walker's settings
+    when it runs, and its decision the campaign's for refits."""
+    from otf_flows.flows.walkers import walker_chain
+    from otf_flows.jobs.base import job_settings
+    from otf_flows.jobs.decide import DecideMaker, MDSegmentMaker
+    from otf_flows.schemas.documents import CampaignDoc
+
+    config = config_from_dict(_tiny("carry"))
+    store = OtfStore(str(tmp_path / "store"))
+    store.put_campaign(CampaignDoc(name="carry", config=config.model_dump(mode="json"), total_steps=48))
+    store.update_walker("carry", "hot", state_id="carry@hot:state:2", step=2, interval=4, total_steps=24)
+    chain = walker_chain(config, store, str(tmp_path / "store"), "hot")
+    makers = {type(j.maker).__name__: j.maker for j, _ in chain.iterflow()}
+    md, decide = makers["MDSegmentMaker"], makers["DecideMaker"]
+    assert md.config.walkers is None and md.config.md.temperature_K == 1500 and md.config.md.seed == 3
+    assert decide.config.md.temperature_K == 1500 and decide.campaign_config.walkers is not None
+    _, settings = job_settings(md.config, "carry", str(tmp_path / "store"), "hot")
+    assert settings is md.config  # nothing resolved again
+
+    old = MDSegmentMaker(config=config, walker="hot")  # as serialised before
+    _, settings = job_settings(old.config, "carry", str(tmp_path / "store"), old.walker)
+    assert settings.walkers is None and settings.md.temperature_K == 1500
+    _, settings = job_settings(None, "carry", str(tmp_path / "store"), "cold")  # settings only in the store
+    assert settings.md.temperature_K == 600
+    old_decide = DecideMaker(config=config, walker="hot")
+    assert (old_decide.campaign_config or old_decide.config).walkers is not None  # its refits: the campaign's
+
+
 def test_campaign_without_walkers_stores_what_it_always_did(tmp_path):
     """No walkers: no walker documents, no lease, the ids of before (a store written before walkers resumes)."""
     data = _tiny("single", steps=12)

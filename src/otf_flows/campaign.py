@@ -33,14 +33,22 @@ from otf_flows.reference.cp2k.settings import Cp2kReference
 from otf_flows.reference.registry import ReferenceSettings
 from otf_flows.reference.settings import AseReference
 from otf_flows.reference.vasp.settings import VaspReference
-from otf_flows.walkers import WALKER_CONTEXT, WalkerGrid, WalkerSpec, check_names, resolve_structure_files, walker_data
+from otf_flows.walkers import (
+    WALKER_CONTEXT,
+    WalkerGrid,
+    Walkers,
+    WalkerSpec,
+    check_names,
+    resolve_structure_files,
+    walker_data,
+)
 from otf_flows.walkers import expand as expand_walkers
 from otf_flows.yaml_config import INTERNAL_LOC, absolute_path, error_line, load_yaml
 from otf_flows.yaml_config import Strict as _Strict
 
 __all__ = ["AseReference", "CampaignConfig", "Cp2kReference", "GapModel", "MaceModel", "ModelSettings",
            "ReferenceSettings", "VaspReference", "config_from_dict", "json_schema", "load_config", "pair_numbers",
-           "store_reference"]
+           "store_reference", "trains_on_virials_of"]
 
 STORE_PREFIXES = ("campaign", "model")
 """Prefixes of ``refit.previous_data`` entries that name stored data instead of a file."""
@@ -228,6 +236,18 @@ class StructureAtoms(_Strict):
         if len(self.positions) != len(self.numbers):
             raise ValueError(f"{len(self.positions)} positions for {len(self.numbers)} atoms")
         return self
+
+
+def trains_on_virials_of(refit: Refit, md: MDSettings, tolerances: Tolerances,
+                         walkers: Walkers | None = None) -> bool:
+    """Whether refits train on reference virials: ``refit.virials``, or with ``auto`` when the campaign's MD, or
+    any walker's (one lineage), runs at constant pressure or its tolerances test the virial."""
+    if refit.virials != "auto":
+        return refit.virials == "train"
+    if md.ensemble == "npt_berendsen" or tolerances.vmax is not None:
+        return True
+    return any(spec.md.get("ensemble") == "npt_berendsen" or spec.tolerances.get("vmax") is not None
+               for spec in expand_walkers(walkers))
 
 
 def pair_numbers(key: str) -> tuple[int, int]:
@@ -521,15 +541,8 @@ class CampaignConfig(_Strict):
 
     @property
     def trains_on_virials(self) -> bool:
-        """Whether refits train on reference virials (``refit.virials``)."""
-        if self.refit.virials != "auto":
-            return self.refit.virials == "train"
-        if self.md.ensemble == "npt_berendsen" or self.tolerances.vmax is not None:
-            return True
-        for spec in expand_walkers(self.walkers):  # one lineage: virials when any walker uses them
-            if spec.md.get("ensemble") == "npt_berendsen" or spec.tolerances.get("vmax") is not None:
-                return True
-        return False
+        """Whether refits train on reference virials (``refit.virials``; :func:`trains_on_virials_of`)."""
+        return trains_on_virials_of(self.refit, self.md, self.tolerances, self.walkers)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="Campaign name (letters, digits, . _ -).")
     compat: Literal["hybrid-md"] | None = Field(

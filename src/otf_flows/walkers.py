@@ -154,6 +154,12 @@ def names(config) -> list[str]:
     return [w.name for w in expand(config.walkers)]
 
 
+def walker_steps(walkers: Walkers | None, total_steps: int) -> dict[str, int]:
+    """Walker name -> its ``md.total_steps`` ({} for a campaign without walkers), from the ``walkers`` block and
+    the campaign's ``total_steps`` alone."""
+    return {spec.name: int(spec.md.get("total_steps", total_steps)) for spec in expand(walkers)}
+
+
 def walker_data(config, spec: WalkerSpec) -> dict[str, Any]:
     """The campaign mapping of walker ``spec``: the campaign's settings with the walker's changes, no walkers."""
     data = config.model_dump(mode="json", exclude={"walkers"})

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from otf_flows import progress
-from otf_flows.campaign import json_schema
+from otf_flows.campaign import json_schema, load_config
 from otf_flows.commands import (
     LAST_CHECKS,
     JsonOpt,
@@ -30,11 +30,10 @@ from otf_flows.commands import (
 )
 from otf_flows.errors import InputError
 from otf_flows.flows.lifecycle import prepare_campaign
-from otf_flows.flows.maker import OtfMDMaker
 from otf_flows.managers.allocation import allocation_rows, allocations
 from otf_flows.managers.local import run_campaign
 from otf_flows.managers.stopping import EXIT_STOPPED, Abandoned, GracefulStop
-from otf_flows.walkers import walker_configs
+from otf_flows.walkers import walker_steps
 
 
 @app.command()
@@ -69,7 +68,7 @@ def run(
     jobs and exits with code 3: continue with `otf run CONFIG --resume` (otf submit --batch
     scripts do). A second SIGTERM abandons the running job at once.
     """
-    cfg = OtfMDMaker.from_yaml(config).campaign_config()  # the settings an OtfMDMaker of this YAML carries
+    cfg = load_config(config)  # the settings OtfMDMaker.from_yaml(config) carries too (tests/test_maker.py)
     if cache_dir is not None:  # stored with the campaign: its jobs read it from there
         cfg.execution.cache_dir = str(cache_dir.resolve())
     if scratch_dir is not None:
@@ -77,7 +76,8 @@ def run(
     st = open_store_arg(store, cfg.store, must_exist=False)
     start = time.perf_counter()
     flow = prepare_campaign(cfg, st, resume=resume, check_engine=True)
-    with _progress(cfg) as listener, GracefulStop(stop_after, stop_grace) as stop:
+    totals = walker_steps(cfg.walkers, cfg.md.total_steps) or {None: cfg.md.total_steps}  # a bar each
+    with _progress(cfg.name, cfg.check_interval, totals) as listener, GracefulStop(stop_after, stop_grace) as stop:
         progress.subscribe(listener)
         try:
             doc = run_campaign(cfg, st, flow, stop=stop)
@@ -95,8 +95,9 @@ def run(
         raise typer.Exit(EXIT_STOPPED)
 
 
-def _progress(cfg):
-    """Context manager yielding an event listener that drives a rich progress bar."""
+def _progress(name: str, interval: int, totals: dict[str | None, int]):
+    """Context manager yielding an event listener that drives a rich progress bar per walker (``totals``: walker
+    name -> its MD steps; ``{None: steps}`` for a campaign without walkers)."""
     from contextlib import contextmanager
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -114,11 +115,9 @@ def _progress(cfg):
             console=console,
             transient=False,
         )
-        walkers = walker_configs(cfg)  # a bar each; one for the campaign without walkers
-        totals = {name: w.md.total_steps for name, w in walkers.items()} or {None: cfg.md.total_steps}
-        tasks = {name: bar.add_task(cfg.name if name is None else f"{cfg.name} {name}", total=total,
-                                    interval=cfg.check_interval, checks=0, failed=0, refits=0, dft=0)
-                 for name, total in totals.items()}
+        tasks = {walker: bar.add_task(name if walker is None else f"{name} {walker}", total=total,
+                                      interval=interval, checks=0, failed=0, refits=0, dft=0)
+                 for walker, total in totals.items()}
         counts = {"checks": 0, "failed": 0, "refits": 0, "dft": 0}
         mine = {name: {"checks": 0, "failed": 0, "refits": 0, "dft": 0} for name in tasks}
 
@@ -135,7 +134,7 @@ def _progress(cfg):
             name = data.get("walker")
             task = tasks.get(name, next(iter(tasks.values())))
             who = f"{name}: " if name is not None else ""  # one line per walker event in a log file
-            total = totals.get(name, cfg.md.total_steps)
+            total = totals.get(name, next(iter(totals.values())))
             if event == "md_step":
                 bar.update(task, completed=data["step"])
             elif event == "check":

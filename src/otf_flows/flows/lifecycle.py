@@ -26,7 +26,7 @@ from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDAT
 from otf_flows.schemas.documents import CampaignDoc
 from otf_flows.store import OtfStore
 from otf_flows.structures import build_structure
-from otf_flows.walkers import walker_configs
+from otf_flows.walkers import walker_configs, walker_steps
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,8 @@ def _resumed_interval(interval: int | None, stored: CampaignConfig, config: Camp
 def validate_inputs(config: CampaignConfig) -> None:
     """Read the structure and every previous_data file now, so bad input fails before anything is stored."""
     build_structure(config.structure)
-    for name, walker in walker_configs(config).items():
+    walkers = walker_configs(config) if config.walkers else {}  # each walker's settings, once
+    for name, walker in walkers.items():
         try:
             build_structure(walker.structure)
         except InputError as err:
@@ -213,8 +214,7 @@ def validate_inputs(config: CampaignConfig) -> None:
 
 def total_steps(config: CampaignConfig) -> int:
     """MD steps of the campaign: of its one trajectory, or the sum over its walkers."""
-    walkers = walker_configs(config)
-    return sum(w.md.total_steps for w in walkers.values()) if walkers else config.md.total_steps
+    return sum(walker_steps(config.walkers, config.md.total_steps).values()) or config.md.total_steps
 
 
 def stored_config(config: CampaignConfig) -> dict:

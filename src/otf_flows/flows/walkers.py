@@ -30,7 +30,7 @@ from otf_flows.jobs.fit import RefitMaker
 from otf_flows.jobs.reference import InitialMDMaker
 from otf_flows.jobs.routing import route
 from otf_flows.walkers import names as walker_names
-from otf_flows.walkers import walker_config
+from otf_flows.walkers import walker_config, walker_configs, walker_steps
 
 
 def walkers_flow(config: CampaignConfig, store: str, after=None) -> Flow:
@@ -38,8 +38,9 @@ def walkers_flow(config: CampaignConfig, store: str, after=None) -> Flow:
     (unless ``model.initial_model``), then the job that starts the walkers' chains."""
     campaign, execution = config.name, config.execution
     initials = []
-    for name in walker_names(config):
-        initial = route(InitialMDMaker(config=config, walker=name).make(campaign, store, after=after), "dft", execution)
+    for name, settings in walker_configs(config).items():
+        initial = route(InitialMDMaker(config=settings, walker=name).make(campaign, store, after=after), "dft",
+                        execution)
         initial.name = f"initial reference MD {name}"
         initials.append(initial)
     jobs = list(initials)
@@ -68,7 +69,8 @@ def walker_chain(config: CampaignConfig, st, store: str, name: str, end: bool = 
     iteration, or for a walker at its end (with ``end``) the job that ends the campaign if it is the last
     (None when it has completed with nothing pending)."""
     doc = st.get_walker(config.name, name)
-    total = walker_config(config, name).md.total_steps
+    settings = walker_config(config, name)  # the walker's trajectory jobs carry its settings
+    total = settings.md.total_steps
     gate = config.validation.promotion
     model = current_model(st, config.name, keep_parent=gate is not None and gate.keep_parent)
     jobs = []
@@ -86,8 +88,8 @@ def walker_chain(config: CampaignConfig, st, store: str, name: str, end: bool = 
         # a check label it already stored is found again (not a second DFT call and a label without its check)
         model_id = doc.segment_model_id
     if doc.step < total:
-        jobs.append(iteration_flow(config, store, doc.state_id, model_id, doc.step,
-                                   doc.interval or config.check_interval, name))
+        jobs.append(iteration_flow(settings, store, doc.state_id, model_id, doc.step,
+                                   doc.interval or settings.check_interval, name, campaign_config=config))
     elif jobs and end:  # the refit of the walker's last check, then maybe the campaign's end
         jobs.append(route(WalkerEndMaker(config=config, walker=name).make(config.name, store, model_id), "light",
                           config.execution))
@@ -107,8 +109,8 @@ class StartWalkersMaker(Maker):
     @job
     def make(self, campaign: str, store: str, after=None):
         st, config = job_settings(self.config, campaign, store)
-        for name in walker_names(config):  # a resume may give the walkers more steps (md.total_steps)
-            doc, total = st.get_walker(campaign, name), walker_config(config, name).md.total_steps
+        for name, total in walker_steps(config.walkers, config.md.total_steps).items():
+            doc = st.get_walker(campaign, name)  # a resume may give the walkers more steps (md.total_steps)
             status = "running" if doc.step < total else "completed"
             if (doc.status, doc.total_steps) != (status, total):
                 st.update_walker(campaign, name, status=status, total_steps=total)

@@ -12,6 +12,7 @@ from otf_flows.errors import StoreError
 from otf_flows.ml.registry import model_dir
 from otf_flows.schemas.documents import LedgerEntry, now
 from otf_flows.store import OtfStore
+from otf_flows.walkers import walker_config
 
 __all__ = ["forget_stores", "job_settings", "model_dir", "open_campaign", "open_store", "timed"]
 
@@ -39,16 +40,20 @@ def open_campaign(campaign: str, store: str | None) -> tuple[OtfStore, CampaignC
     return otf_store, CampaignConfig.model_validate(doc.config)
 
 
-def job_settings(config: CampaignConfig | None, campaign: str,
-                 store: str | None) -> tuple[OtfStore, CampaignConfig]:
-    """The store and a job's settings: its Maker's ``config``, set when the flow was built.
+def job_settings(config: CampaignConfig | None, campaign: str, store: str | None,
+                 walker: str | None = None) -> tuple[OtfStore, CampaignConfig]:
+    """The store and a job's settings: its Maker's ``config``, set when the flow was built (a walker's
+    trajectory job carries that walker's settings).
 
     Only a job serialised before Makers carried their settings (``config`` None, e.g. a firework
-    of an older workflow still in a LaunchPad) reads them from the store by campaign name.
+    of an older workflow still in a LaunchPad) reads them from the store by campaign name; such a
+    job of ``walker``, or one serialised before Makers carried the walker's settings (the
+    campaign's, with its ``walkers``), gets the walker's settings from the campaign's here.
     """
-    if config is None:
-        return open_campaign(campaign, store)
-    return open_store(store), config
+    st, config = open_campaign(campaign, store) if config is None else (open_store(store), config)
+    if walker is not None and config.walkers is not None:
+        config = walker_config(config, walker)
+    return st, config
 
 
 def forget_stores() -> None:

@@ -26,28 +26,29 @@ from otf_flows.md.state import model_labels_of_check, state_id
 from otf_flows.schedule import adapted_interval
 from otf_flows.schemas.documents import CheckDoc
 from otf_flows.walkers import names as walker_names
-from otf_flows.walkers import track, walker_config
+from otf_flows.walkers import track
 
 
 def iteration_flow(config: CampaignConfig, store: str | None, state_id: str, model_id, step: int, interval: int,
-                   walker: str | None = None) -> Flow:
+                   walker: str | None = None, campaign_config: CampaignConfig | None = None) -> Flow:
     """One iteration: ML-MD segment → reference check → compare + decide, each Maker carrying ``config``.
 
-    ``interval`` is the schedule's interval; the segment is cut at ``config.md.total_steps`` (of
-    ``walker``, in a campaign with walkers). ``config.execution`` (the campaign's resources per job
-    kind) routes each job.
+    ``config`` is the trajectory's settings: the campaign's, or in a campaign with walkers ``walker``'s
+    (:func:`otf_flows.walkers.walker_config`), with the campaign's in ``campaign_config`` for the
+    refits, validation and end the decision may add. ``interval`` is the schedule's interval; the
+    segment is cut at ``config.md.total_steps``. ``config.execution`` (the campaign's resources per
+    job kind) routes each job.
     """
     campaign, execution = config.name, config.execution
-    total = walker_config(config, walker).md.total_steps
-    n_steps = min(interval, total - step)
+    n_steps = min(interval, config.md.total_steps - step)
     at = f"{walker} " if walker else ""
     md = route(MDSegmentMaker(config=config, walker=walker).make(campaign, store, state_id, model_id, n_steps), "md",
                execution)
     md.name = f"ml-md {at}{step}->{step + n_steps}"
     check = route(ReferenceCheckMaker(config=config, walker=walker).make(campaign, store, md.output), "dft", execution)
     check.name = f"reference check {at}{step + n_steps}"
-    decide = route(DecideMaker(config=config, walker=walker).make(campaign, store, md.output, check.output, interval,
-                                                                  n_steps), "light", execution)
+    decide = route(DecideMaker(config=config, walker=walker, campaign_config=campaign_config).make(
+        campaign, store, md.output, check.output, interval, n_steps), "light", execution)
     decide.name = f"decide {at}{step + n_steps}"
     return Flow([md, check, decide], name=f"iteration {at}{step + n_steps}")
 
@@ -208,13 +209,16 @@ class DecideMaker(Maker):
     """
 
     name: str = "compare and decide"
-    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    config: CampaignConfig | None = None  # the trajectory's settings (a walker's), set when the flow is built
     walker: str | None = None  # the walker whose check this is (None: a campaign without walkers)
+    #: a walker's check: the campaign's settings, for its refits, validation and end (None: ``config``)
+    campaign_config: CampaignConfig | None = None
 
     @job
     def make(self, campaign: str, store: str | None, segment: dict, check: dict, interval: int, n_steps: int):
-        st, shared = job_settings(self.config, campaign, store)  # shared: the campaign's, refits and validation
-        config = walker_config(shared, self.walker)
+        st, config = job_settings(self.config, campaign, store, self.walker)
+        # the campaign's settings (a job built before Makers carried the walker's: its config, the campaign's)
+        shared = self.campaign_config or self.config or config
         walker = self.walker
         state = st.get_state(segment["state_id"])
         check_id = f"{track(campaign, walker)}:check:{state.step}:{state.model_id}"
@@ -319,7 +323,8 @@ class DecideMaker(Maker):
                                   walker, config.md.guard)
         if resume_step < total:
             jobs.append(
-                iteration_flow(shared, store, resume_id, next_model, resume_step, doc.new_interval, walker)
+                iteration_flow(config, store, resume_id, next_model, resume_step, doc.new_interval, walker,
+                               campaign_config=None if walker is None else shared)
             )
         elif walker is None:
             jobs += final_jobs(shared, store, next_model)

@@ -11,7 +11,7 @@ from pathlib import Path
 from jobflow import Maker, job
 
 from otf_flows import progress
-from otf_flows.campaign import CampaignConfig
+from otf_flows.campaign import CampaignConfig, trains_on_virials_of
 from otf_flows.errors import FitFailedError
 from otf_flows.faults import failpoint
 from otf_flows.lineage import current_model, lease
@@ -117,8 +117,9 @@ class RefitMaker(Maker):
             parent_dir = _parent_dir(st, parent_model_id, backend.name, config.execution.cache_dir)
             with timed(st, campaign, "fit", self.name, f"{campaign}:fit:{model_id}", walker=self.walker):
                 try:
+                    virials = trains_on_virials_of(config.refit, config.md, config.tolerances, config.walkers)
                     result = fit_model(
-                        backend, training_atoms(frames, config.trains_on_virials), Path.cwd() / f"fit_{model_id}",
+                        backend, training_atoms(frames, virials), Path.cwd() / f"fit_{model_id}",
                         config.model, config.refit, parent_dir=parent_dir,
                         num_threads=config.execution.fit.omp_threads or config.model.num_threads, seed=config.md.seed,
                     )

@@ -17,7 +17,7 @@ from otf_flows.md.guard import make_guard
 from otf_flows.md.segment import UncertaintyMonitor, run_segment
 from otf_flows.md.state import state_doc, state_from_doc, state_id
 from otf_flows.ml.registry import get_backend, model_dir
-from otf_flows.walkers import track, walker_config
+from otf_flows.walkers import track
 
 
 @dataclass
@@ -32,15 +32,14 @@ class MDSegmentMaker(Maker):
     """
 
     name: str = "ml-md segment"
-    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    config: CampaignConfig | None = None  # the trajectory's settings (a walker's), set when the flow is built
     walker: str | None = None  # the walker whose trajectory continues (None: a campaign without walkers)
 
     @job
     def make(self, campaign: str, store: str | None, start_state_id: str, model_id: str, n_steps: int):
-        st, config = job_settings(self.config, campaign, store)
+        st, config = job_settings(self.config, campaign, store, self.walker)
         if self.walker is not None:
             model_id = segment_model(st, config, self.walker, start_state_id, model_id)
-        config = walker_config(config, self.walker)
         start = st.get_state(start_state_id)
         guard_settings = config.md.guard.model_dump(mode="json")
         done = st.find_state(state_id(track(campaign, self.walker), start.step + n_steps, model_id))

@@ -27,7 +27,7 @@ from otf_flows.reference.registry import get_engine
 from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
 from otf_flows.schemas.documents import FrameDoc
 from otf_flows.structures import build_structure
-from otf_flows.walkers import track, walker_config
+from otf_flows.walkers import track
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +184,12 @@ class InitialMDMaker(Maker):
     """
 
     name: str = "initial reference MD"
-    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    config: CampaignConfig | None = None  # the trajectory's settings (a walker's), set when the flow is built
     walker: str | None = None  # the walker whose trajectory starts here (None: a campaign without walkers)
 
     @job
     def make(self, campaign: str, store: str | None, after=None):
-        st, config = job_settings(self.config, campaign, store)
-        config = walker_config(config, self.walker)
+        st, config = job_settings(self.config, campaign, store, self.walker)
         n = config.num_initial_steps
         start_id = state_id(track(campaign, self.walker), n, None)
         imported = import_previous_data(st, config.refit, config.model.initial_model, campaign)
@@ -225,7 +224,7 @@ class ReferenceCheckMaker(Maker):
     training data)."""
 
     name: str = "reference check"
-    config: CampaignConfig | None = None  # the campaign's settings, set when the flow is built
+    config: CampaignConfig | None = None  # the trajectory's settings (a walker's), set when the flow is built
     walker: str | None = None  # the walker whose frame is checked (None: a campaign without walkers)
 
     @job

@@ -36,46 +36,50 @@ def distance_limits(settings, numbers) -> np.ndarray:
 
 
 class ShortDistances:
-    """The pair furthest below its smallest allowed distance, on a Verlet list with a skin.
+    """The pair furthest below its smallest allowed distance, on ASE's Verlet list with a skin.
 
-    The list of pairs within the largest limit + ``skin_A`` is rebuilt only when an atom has
-    moved more than ``skin_A / 2`` since the last build (or the cell, the elements or the
-    periodicity changed, as in NPT); in between, a step costs one distance per listed pair.
+    :class:`ase.neighborlist.NeighborList` keeps the pairs within the largest limit + ``skin_A``
+    and rebuilds them only when an atom has moved more than ``skin_A / 2`` since the last build
+    (or the cell or the periodicity changed, as in NPT); in between, a step costs one distance per
+    listed pair.
     """
 
     def __init__(self, settings, skin_A: float = 0.5):
         self.settings, self.skin = settings, skin_A
-        self._key = None
+        self._list = None
+        self._numbers = None
 
-    def _build(self, atoms: Atoms) -> None:
-        from ase.neighborlist import neighbor_list  # scipy: only when a guard runs
+    def _pairs(self, atoms: Atoms) -> None:
+        """The listed pairs whose elements have a limit, each once, with their cell shifts and limits."""
+        first, second, shifts = [], [], []
+        for i in range(len(atoms)):
+            j, shift = self._list.get_neighbors(i)
+            first.append(np.full(len(j), i))
+            second.append(j)
+            shifts.append(shift)
+        i, j = np.concatenate(first).astype(int), np.concatenate(second).astype(int)
+        limits = self._table[atoms.numbers[i], atoms.numbers[j]]
+        keep = limits > 0
+        self._i, self._j, self._shift, self._limits = i[keep], j[keep], np.concatenate(shifts)[keep], limits[keep]
 
-        table = distance_limits(self.settings, atoms.numbers)
-        self.cutoff = float(table.max())
-        self._key = (atoms.numbers.copy(), atoms.pbc.copy(), atoms.cell.array.copy())
-        self._positions = atoms.positions.copy()
-        if self.cutoff <= 0:
+    def _update(self, atoms: Atoms) -> None:
+        from ase.neighborlist import NeighborList, NewPrimitiveNeighborList  # scipy: only when a guard runs
+
+        if self._numbers is None or not np.array_equal(atoms.numbers, self._numbers):
+            self._table = distance_limits(self.settings, atoms.numbers)
+            self._numbers = atoms.numbers.copy()
+            cutoff = float(self._table.max())
+            # a pair is listed up to r_i + r_j + 2 skin; it is rebuilt when an atom moved more than skin
+            self._list = None if cutoff <= 0 else NeighborList(
+                [cutoff / 2] * len(atoms), skin=self.skin / 2, self_interaction=False, bothways=False,
+                primitive=NewPrimitiveNeighborList)
             self._i = np.zeros(0, dtype=int)
-            return
-        i, j, shift = neighbor_list("ijS", atoms, self.cutoff + self.skin)
-        limits = table[atoms.numbers[i], atoms.numbers[j]]
-        keep = (i <= j) & (limits > 0)  # each pair once (i == j: an atom and its periodic image)
-        self._i, self._j, self._shift, self._limits = i[keep], j[keep], shift[keep], limits[keep]
-
-    def _stale(self, atoms: Atoms) -> bool:
-        if self._key is None:
-            return True
-        numbers, pbc, cell = self._key
-        if (len(atoms) != len(numbers) or not np.array_equal(atoms.numbers, numbers)
-                or not np.array_equal(atoms.pbc, pbc) or not np.array_equal(atoms.cell.array, cell)):
-            return True
-        moved = np.max(np.sum((atoms.positions - self._positions) ** 2, axis=1)) if len(atoms) else 0.0
-        return bool(moved > (self.skin / 2) ** 2)
+        if self._list is not None and self._list.update(atoms):
+            self._pairs(atoms)
 
     def __call__(self, atoms: Atoms) -> tuple[int, int, float, float] | None:
         """(i, j, distance, limit) of the worst pair closer than its limit, or None."""
-        if self._stale(atoms):
-            self._build(atoms)
+        self._update(atoms)
         if not len(self._i):
             return None
         pos = atoms.positions
