@@ -178,3 +178,32 @@ def test_a_segment_is_rerun_at_most_three_times(tmp_path):
             reruns[c.rolled_back_state_id] = reruns.get(c.rolled_back_state_id, 0) + 1
     assert reruns and max(reruns.values()) == MAX_RERUNS
     assert sum(c.rolled_back_to is None for c in checks) >= 1  # went on from a failed frame
+
+
+def _keys(data, prefix=""):
+    """Every key path of a nested mapping."""
+    out = set()
+    for key, value in data.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}.")
+    return out
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"compat": "hybrid-md"},
+    {"uncertainty": {"threshold": 0.05}},
+    {"model": {"backend": "mace", "committee": 2}, "refit": {}},
+], ids=["defaults", "compat", "threshold", "mace"])
+def test_a_jobs_settings_hold_every_key_so_a_newer_default_cannot_change_a_queued_job(changes):
+    """Jobs carry the campaign's settings (jobflow serialises them with ``as_dict``, into a LaunchPad too): with
+    every key at the value it resolved to, and the same settings when read back."""
+    from otf_flows.campaign import CampaignConfig
+
+    config = config_from_dict(_plain(**changes))
+    serialised = config.as_dict()
+    assert _keys(config.model_dump(mode="json")) <= _keys(serialised)
+    assert "every_new_labels" in serialised["refit"] and "grow_below" in serialised["adaptive_method_parameters"]
+    again = CampaignConfig.from_dict(serialised)
+    assert again.model_dump() == config.model_dump()

@@ -146,6 +146,17 @@ def test_guard_trips_between_passes_count_within_a_window(tmp_path):
         rollback_target(st, "w", start, GuardSettings(max_consecutive_trips=4, trip_window=13))
 
 
+def test_a_walkers_repeated_trips_stop_with_a_message_naming_the_walker(tmp_path):
+    st = OtfStore(str(tmp_path / "store"))
+    start = SimpleNamespace(step=0, state_id="w@hot:state:0:initial", start_state_id=None)
+    for i in range(3):
+        st.put_check(_check(i, "guard").model_copy(update={"walker": "hot", "check_id": f"w@hot:check:{i}"}))
+        st.put_check(_check(10 + i, "guard").model_copy(update={"walker": "cold", "check_id": f"w@cold:check:{i}"}))
+    with pytest.raises(OtfError, match=r"^walker hot: blow-up guard tripped 4 times in the last 4 checks"):
+        rollback_target(st, "w", start, GuardSettings(max_consecutive_trips=4), "hot")
+    assert rollback_target(st, "w", start, GuardSettings(max_consecutive_trips=5), "hot") is start  # its own 3
+
+
 def test_trip_window_must_hold_the_trips(cu_config):
     data = copy.deepcopy(cu_config)
     data["md"]["guard"] = {"max_consecutive_trips": 5, "trip_window": 4}

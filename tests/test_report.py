@@ -22,6 +22,7 @@ def test_performance_table_by_hand():
     assert t["reference_share"] == pytest.approx(0.30) and t["fit_share"] == pytest.approx(0.10)
     assert t["ml_md_share"] == pytest.approx(0.50) and t["other_share"] == pytest.approx(0.10)
     assert t["md_steps_per_dft_call"] == pytest.approx(100.0)
+    assert t["dft_calls_per_1000_steps"] == pytest.approx(10.0)  # as `otf status` shows it
     assert t["mean_reference_seconds"] == pytest.approx(5.0)
     assert t["aimd_steps_same_time"] == pytest.approx(20.0)  # 100 s / 5 s per reference step
     assert t["speedup"] == pytest.approx(30.0)  # 600 steps × 5 s / 100 s

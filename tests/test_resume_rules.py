@@ -223,3 +223,16 @@ def test_initial_model_alone_passes_its_training_frames_on(tmp_path, cu_config):
     again = st.get_model("child2-v1")
     assert again.n_training_frames == parent.n_training_frames + 1 == len(set(again.training_frame_ids))
     st.close()
+
+
+def test_a_mace_campaign_resumes_from_its_stored_settings(tmp_path, cu_config):
+    """The stored settings hold every key, the GAP-only refit keys at their defaults too: a MACE campaign's
+    validate again, and --resume finds nothing changed."""
+    data = copy.deepcopy(cu_config)
+    data["model"] = {"backend": "mace", "committee": 2}
+    data["refit"] = {}
+    config = config_from_dict(data)
+    store = OtfStore(str(tmp_path / "store"))
+    prepare_campaign(config, store)
+    prepare_campaign(config_from_dict(copy.deepcopy(data)), store, resume=True)
+    assert store.require_campaign(config.name).changes == []

@@ -539,6 +539,12 @@ class ExecutionSettings(_Strict):
 class CampaignConfig(_Strict):
     """One on-the-fly campaign."""
 
+    def as_dict(self) -> dict:
+        """The settings in monty's MSON form with every key at the value it resolved to (the blocks' as_dict
+        keep only the keys given): a job queued in a LaunchPad keeps the settings its campaign was built
+        with when a newer otf_flows changes a default."""
+        return {"@module": type(self).__module__, "@class": type(self).__name__, **self.model_dump(mode="json")}
+
     @property
     def trains_on_virials(self) -> bool:
         """Whether refits train on reference virials (``refit.virials``; :func:`trains_on_virials_of`)."""
@@ -637,8 +643,9 @@ class CampaignConfig(_Strict):
                 "model.initial_model: no data to fit"
             )
         if self.model.backend != "gap":
-            for key in GAP_ONLY_REFIT_KEYS:
-                if key in self.refit.model_fields_set:
+            for key in GAP_ONLY_REFIT_KEYS:  # given, and not its default (the stored settings hold every key)
+                default = Refit.model_fields[key].get_default(call_default_factory=True)
+                if key in self.refit.model_fields_set and getattr(self.refit, key) != default:
                     raise ValueError(f"refit.{key} is a GAP setting; model.backend {self.model.backend} does not use it")
             if self.uncertainty.enabled and getattr(self.model, "committee", 1) < 2:
                 raise ValueError(f"uncertainty.enabled: model.backend {self.model.backend} has no uncertainty "

@@ -15,6 +15,16 @@ from dataclasses import dataclass
 from otf_flows.checks import within_margin
 
 
+def per_1000_steps(n_dft_calls: int, steps: int) -> float | None:
+    """DFT calls per 1000 MD steps: ``1000 * n_dft_calls / steps`` (None before the first step).
+
+    ``n_dft_calls`` counts every reference label the campaign made (initial MD, checks, guard checks,
+    checks of rolled-back segments); ``steps`` is the MD step reached, the reference-driven initial steps
+    included, so plain ab initio MD would show 1000.
+    """
+    return 1000.0 * n_dft_calls / steps if steps > 0 else None
+
+
 @dataclass
 class AdaptiveSchedule:
     """Adaptive checking interval.

@@ -10,6 +10,7 @@ import sys
 import typer
 
 from otf_flows.errors import InputError
+from otf_flows.schedule import per_1000_steps
 from otf_flows.store import OtfStore, resolve_location
 
 app = typer.Typer(
@@ -38,16 +39,6 @@ def require_walker(st, campaign: str, walker: str | None) -> None:
 
 #: The summary and `otf status` show the errors at check time of this many most recent checks.
 LAST_CHECKS = 5
-
-
-def per_1000_steps(n_dft_calls: int, steps: int) -> float | None:
-    """DFT calls per 1000 MD steps: ``1000 * n_dft_calls / steps`` (None before the first step).
-
-    ``n_dft_calls`` counts every reference label the campaign made (initial MD, checks, guard checks,
-    checks of rolled-back segments); ``steps`` is the MD step reached, the reference-driven initial steps
-    included, so plain ab initio MD would show 1000.
-    """
-    return 1000.0 * n_dft_calls / steps if steps > 0 else None
 
 
 def check_time_errors(checks: list) -> dict:

@@ -115,6 +115,7 @@ def rollback_target(store, campaign: str, start, guard, walker: str | None = Non
     trips = 1 + sum(1 for c in latest if c.kind == "guard")
     if trips >= guard.max_consecutive_trips:
         raise OtfError(
+            f"{'walker ' + walker + ': ' if walker else ''}"
             f"blow-up guard tripped {trips} times in the last {min(len(latest) + 1, window)} checks (last from step "
             f"{start.step}); campaign stopped. "
             "Loosen md.guard, lower md.temperature_K or md.timestep_fs, or add training data, then --resume"
@@ -164,6 +165,7 @@ def stop_if_rerun_repeats(store, campaign: str, doc, state, model_id: str, total
     why = (f"its refit failed: {doc.refit_error.splitlines()[0][:120]}" if doc.refit_error
            else "can_update is false" if not can_update else "no refit on this frame")
     raise OtfError(
+        f"{'walker ' + walker + ': ' if walker else ''}"
         f"{what} with model {model_id}, and the re-run from step {target.step} would use the same model ({why}); "
         "campaign stopped. Loosen md.guard, lower md.temperature_K or md.timestep_fs, or add training data, "
         "then --resume"

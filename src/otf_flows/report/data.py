@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from otf_flows.schedule import per_1000_steps
 from otf_flows.schemas.documents import CampaignDoc, CheckDoc, FrameDoc, ModelDoc
 from otf_flows.trajectory import trajectory_frames as accepted_frames
 from otf_flows.validation.evaluate import compare_model
@@ -123,6 +124,7 @@ def performance_table(wall_seconds: float, time_split: dict[str, float], dft_cal
         "fits": fits,
         "md_steps": md_steps,
         "md_steps_per_dft_call": md_steps / dft_calls if dft_calls else None,
+        "dft_calls_per_1000_steps": per_1000_steps(dft_calls, md_steps),
         "mean_reference_seconds": mean_ref,
         "aimd_steps_same_time": wall_seconds / mean_ref if mean_ref else None,
         "speedup": md_steps * mean_ref / wall_seconds if mean_ref and wall_seconds > 0 else None,

@@ -53,7 +53,7 @@ def _performance(table: dict) -> str:
         ["DFT calls (initial MD + checks)", _num(table["dft_calls"])],
         ["Model fits", _num(table["fits"])],
         ["ML-accelerated MD steps", _num(table["md_steps"])],
-        ["MD steps per DFT call", _num(table["md_steps_per_dft_call"], "{:.1f}")],
+        ["DFT calls per 1000 MD steps", _num(table["dft_calls_per_1000_steps"], "{:.1f}")],
         ["Mean time of one reference calculation", _num(table["mean_reference_seconds"], "{:.3g} s")],
         ["Reference-driven MD steps in the same wall time (estimate)", _num(table["aimd_steps_same_time"], "≈ {:.0f}")],
         ["Speed-up (estimate)", _num(table["speedup"], "≈ {:.3g}×")],
