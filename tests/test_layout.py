@@ -182,3 +182,15 @@ def test_the_checks_find_what_they_look_for(tmp_path, monkeypatch):
     (pkg / "extra.py").write_text("")
     with pytest.raises(AssertionError, match="otf_flows.extra is on no layer"):
         test_every_module_is_on_a_layer()
+
+
+def test_settings_follow_otf_run_one_way_down(tmp_path):
+    """``scripts/trace_config.py`` follows a campaign's settings through ``otf run``: they stay in at most 14
+    modules and climb back up the layers at most 3 times (docs/layout.md, how a campaign's settings travel)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "trace_config.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    numbers = dict(item.split("=") for item in out.stdout.strip().splitlines()[-1].split())
+    assert int(numbers["modules"]) <= 14 and int(numbers["climbs"]) <= 3, numbers
