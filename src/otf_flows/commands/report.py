@@ -1,4 +1,4 @@
-"""Model validation and campaign reports: ``otf validate``, ``otf report``."""
+"""Model validation, campaign reports and audits: ``otf validate``, ``otf report``, ``otf audit``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,23 @@ from typing import Optional
 
 import typer
 
-from otf_flows.commands import JsonOpt, StoreOpt, app, open_store_arg, print_json, print_table
+from otf_flows.campaign import CampaignConfig
+from otf_flows.commands import (
+    JsonOpt,
+    StoreOpt,
+    WalkerOpt,
+    app,
+    open_store_arg,
+    print_json,
+    print_table,
+    require_walker,
+)
 from otf_flows.commands.validation import SeedOpt, ThreadsOpt, WorkdirOpt, run_cv, run_physical
+from otf_flows.dirs import scratch_dir
 from otf_flows.errors import InputError
 from otf_flows.report import write_report
 from otf_flows.validation import run_validation
+from otf_flows.validation.audit import run_audit
 
 #: Validation-document fields left out of ``otf validate --json`` (per-frame lists; they stay in the store).
 _BULKY = ("frame_ids", "energy_error_per_atom")
@@ -88,3 +100,38 @@ def report(
     st = open_store_arg(store)
     page = write_report(st, campaign, out)
     typer.echo(f"report: {page}", err=True)
+
+
+@app.command()
+def audit(
+    campaign: str = typer.Argument(..., help="Campaign name."),
+    frames: int = typer.Option(10, "--frames", "-k", min=1, help="ML-MD frames to label (K >= 1): each is one DFT "
+                               "call, counted in the campaign's cost."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draw; the same seed draws the same frames, whose "
+                             "stored labels are used again."),
+    after_step: Optional[int] = typer.Option(None, "--after-step", min=0, help="Warm-up: only frames after this MD "
+                                             "step (default: after the first tenth of the steps reached)."),
+    walker: Optional[str] = WalkerOpt,
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Directory of the DFT calculations (default: "
+                                           "<store>/runs/audit/CAMPAIGN, or $OTF_SCRATCH_DIR/audit/CAMPAIGN)."),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The campaign's reference (DFT) on K ML-MD frames drawn at random between its checks: how many lie outside
+    the tolerances, with a binomial 90 % interval: what the checks did not see."""
+    st = open_store_arg(store)
+    config = CampaignConfig.model_validate(st.require_campaign(campaign).config)
+    require_walker(st, campaign, walker)
+    root = Path(workdir) if workdir is not None else scratch_dir(f"audit/{campaign}", st)
+    result = run_audit(st, config, frames, seed=seed, after_step=after_step, walker=walker, workdir=root,
+                       progress=lambda line: typer.echo(line, err=True))
+    if as_json:
+        print_json(result)
+        return
+    print_table([{**r, "outside": "yes" if r["outside"] else ""} for r in result["rows"]],
+                ["step", "walker", "model_id", "ediff", "fmax", "frmse", "vmax", "outside"],
+                f"audit of {campaign}: {result['frames']} of {result['candidates']} frames between checks")
+    low, high = result["interval_90"]
+    typer.echo(f"{result['frames_outside']} of {result['frames']} frames outside the tolerances "
+               f"({100 * result['fraction_outside']:.0f} %, 90 % interval {100 * low:.1f}-{100 * high:.1f} %); "
+               f"{result['new_dft_calls']} new DFT calls")

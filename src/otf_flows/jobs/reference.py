@@ -24,7 +24,7 @@ from otf_flows.md.segment import initial_state, run_segment
 from otf_flows.md.state import checked_frame, state_doc, state_id
 from otf_flows.reference.base import ReferenceEngine
 from otf_flows.reference.registry import get_engine
-from otf_flows.reference.settings import RUN_KEYS, SCF_PATH_KEYS, SCF_PATH_UPDATES
+from otf_flows.reference.settings import RUN_KEYS, label_identity
 from otf_flows.schemas.documents import FrameDoc
 from otf_flows.structures import build_structure
 from otf_flows.walkers import track
@@ -33,20 +33,9 @@ logger = logging.getLogger(__name__)
 
 
 def reference_identity(config) -> tuple[str, dict]:
-    """Hash and plain dict of the campaign's reference settings: the hash covers what the labels depend
-    on, without how the engine is run (:data:`~otf_flows.reference.settings.RUN_KEYS`: command, threads,
-    retries) or how the SCF gets there (:data:`~otf_flows.reference.settings.SCF_PATH_KEYS`: mixing,
-    damping, iteration limit); the dict (stored with every label) keeps the SCF settings too."""
-    settings = config.reference.model_dump(mode="json", exclude=set(RUN_KEYS))
-    return settings_hash(_physics(settings)), settings
-
-
-def _physics(settings: dict) -> dict:
-    """``settings`` without the keys that only change the SCF's path to its solution."""
-    out = {key: value for key, value in settings.items() if key not in SCF_PATH_KEYS}
-    if isinstance(out.get("input_updates"), dict):
-        out["input_updates"] = {k: v for k, v in out["input_updates"].items() if k not in SCF_PATH_UPDATES}
-    return out
+    """Hash and plain dict of the campaign's reference settings
+    (:func:`~otf_flows.reference.settings.label_identity` of ``config.reference``)."""
+    return label_identity(config.reference)
 
 
 def _label_hashes(config, ref_hash: str) -> set[str]:

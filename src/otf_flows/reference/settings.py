@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from otf_flows.labels import settings_hash
 from otf_flows.yaml_config import Strict
 
 __all__ = ["RUN_KEYS", "SCF_PATH_KEYS", "SCF_PATH_UPDATES", "AseReference", "kpoint_words"]
@@ -28,6 +29,23 @@ hash): like :data:`RUN_KEYS` in no hash of the labels and free to change on ``--
 
 SCF_PATH_UPDATES = frozenset({"alpha", "beta", "nbuffer", "mixing_method", "n_simple_mix"})
 """The same for keywords of pymatgen's ``DftSet`` given through ``reference.input_updates``."""
+
+
+def label_identity(reference) -> tuple[str, dict]:
+    """Hash and plain dict of ``reference`` settings (a reference block): the hash covers what the labels depend
+    on, without how the engine is run (:data:`RUN_KEYS`: command, threads, retries) or how the SCF gets there
+    (:data:`SCF_PATH_KEYS`: mixing, damping, iteration limit); the dict (stored with every label) keeps the
+    SCF settings too."""
+    settings = reference.model_dump(mode="json", exclude=set(RUN_KEYS))
+    return settings_hash(physics_settings(settings)), settings
+
+
+def physics_settings(settings: dict) -> dict:
+    """``settings`` (a dumped reference block) without the keys that only change the SCF's path to its solution."""
+    out = {key: value for key, value in settings.items() if key not in SCF_PATH_KEYS}
+    if isinstance(out.get("input_updates"), dict):
+        out["input_updates"] = {k: v for k, v in out["input_updates"].items() if k not in SCF_PATH_UPDATES}
+    return out
 
 
 class AseReference(Strict):

@@ -310,7 +310,7 @@ def plot_structure(data: CampaignData, path: Path, r_max: float = 6.0, dr: float
     """g(r) and bond-angle distribution: ML-MD trajectory vs reference-labelled frames."""
     fig = _figure(11.0, 4.2)
     ax_g, ax_a = fig.subplots(1, 2)
-    checked = [frame_to_atoms(f) for f in data.frames if f.source != "initial_md"]
+    checked = [frame_to_atoms(f) for f in data.frames if f.source not in ("initial_md", "audit")]
     initial = [frame_to_atoms(f) for f in data.frames if f.source == "initial_md"]
     walkers = sorted({a.info["walker"] for a in data.trajectory if "walker" in a.info})
     if walkers:  # one g(r) per walker: each its own conditions

@@ -52,7 +52,9 @@ class FrameDoc(_Doc):
 
     frame_id: str = Field(description="Content hash of structure + labels + reference settings.")
     campaign: str | None = Field(None, description="Campaign that produced the frame (None for imports).")
-    source: Literal["initial_md", "check", "import"] = Field(description="How the frame was made.")
+    source: Literal["initial_md", "check", "import", "audit"] = Field(
+        description="How the frame was made ('audit': a frame between checks labelled by `otf audit`, never "
+        "trained on).")
     md_step: int | None = Field(None, description="MD step of the frame in its campaign.")
     walker: str | None = Field(None, description="Walker whose trajectory produced the frame (None: a campaign "
                                "without walkers).")
