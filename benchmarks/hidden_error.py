@@ -25,7 +25,7 @@ frames spread over a reference trajectory) — the smallest fraction outside the
 model of this kind reaches.
 
     python benchmarks/hidden_error.py           # Cu-Au (1200 steps) and Si (600 steps), 3 seeds x 3 modes
-    python benchmarks/hidden_error.py --quick   # Cu-Au only, 1 seed, 120 steps
+    python benchmarks/hidden_error.py --quick   # Cu-Au only, 1 seed, 60 steps
     python benchmarks/hidden_error.py --systems cuau32-emt --seeds 1 2 --set uncertainty.every=2
 """
 
@@ -59,7 +59,7 @@ METRICS = ("ediff", "fmax", "frmse")
 
 #: The benchmark's systems: campaign config, run lengths, fixed interval, g(r) range.
 SYSTEMS: dict[str, dict] = {
-    "cuau32-emt": {"config": "cuau32-emt.yaml", "short": "cuau", "steps": 1200, "quick_steps": 100, "fixed_interval": 50,
+    "cuau32-emt": {"config": "cuau32-emt.yaml", "short": "cuau", "steps": 1200, "quick_steps": 60, "fixed_interval": 50,
                    "r_max": 4.0, "title": "Cu16Au16, EMT, 2400 K (crystal that melts)"},
     "si32-sw": {"config": "si32-sw.yaml", "short": "si", "steps": 600, "quick_steps": 80, "fixed_interval": 50,
                 "r_max": 4.15, "title": "liquid Si32, Stillinger-Weber, 2000 K"},
