@@ -20,8 +20,8 @@ from ase.io import read
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
-import _kpoint_si64 as si64  # noqa: E402
-import kpoint_sensitivity  # noqa: E402
+import _kpoint_si64 as si64
+import kpoint_sensitivity
 
 CP2K = shutil.which("cp2k.psmp") or shutil.which("cp2k")
 LABELS = Path(__file__).parent / "data" / "kpoints" / "si2-kpoint-labels.xyz"

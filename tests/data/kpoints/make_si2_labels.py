@@ -14,7 +14,7 @@ from ase.build import bulk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2] / "benchmarks"))
-import _kpoint_si64 as si64  # noqa: E402
+import _kpoint_si64 as si64
 
 
 def frames():
