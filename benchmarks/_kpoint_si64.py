@@ -133,7 +133,8 @@ def kpoints_used(output: str, inp: str) -> dict:
     A run without a ``KPOINTS`` section is CP2K's Γ-only code path (no ``BRILLOUIN|`` lines).
     """
     section = re.search(r"&KPOINTS\s*\n(.*?)&END KPOINTS", inp, re.DOTALL)
-    lines = "; ".join(line.strip() for line in section.group(1).splitlines() if line.strip()) if section else ""
+    # "none", not "": ASE's extxyz writer leaves an empty value bare and its reader then takes the next key as it
+    lines = "; ".join(line.strip() for line in section.group(1).splitlines() if line.strip()) if section else "none"
     scheme = _BZ_SCHEME.search(output)
     if scheme is None:
         return {"kpoint_scheme": "Gamma only (no KPOINTS section)", "n_kpoints": 1, "kpoint_first": "0 0 0 1",
