@@ -23,13 +23,16 @@ the Si64 run's force tolerance). The frames are the start structure and SW Lange
 2000 K from it (data/si64-liquid-frames.xyz, made once by this script). Labels are appended to
 ``--labels`` (default results/si64-liquid-kpoints.xyz) as CP2K finishes, like above.
 
-    python benchmarks/kpoint_sensitivity.py --si64 --omp-threads 1     # ~80 min on one core
+    python benchmarks/kpoint_sensitivity.py --si64 --omp-threads 1     # ~75 CPU-min on one core
+
+(CPU per call on one thread: Γ ~90 s, (¼, ¼, ¼) ~125 s, 2×2×2 ~290 s, 3×3×3 several times more; 3×3×3
+runs last.) ``--analyse-only`` writes the results of the labels recorded so far without running CP2K.
 
 ``--timing SAMPLING`` labels the first frame with one sampling three ways: one thread, two OpenMP
 threads, and ``mpirun -np 2`` with one thread per rank; it records seconds and SCF steps of each
 (results/kpoint_si64_timing_<sampling>.json/.md). Run it on an otherwise idle machine:
 
-    python benchmarks/kpoint_sensitivity.py --si64 --timing k222       # ~20 min on 2 idle cores
+    python benchmarks/kpoint_sensitivity.py --si64 --timing k222       # ~10 min on 2 idle cores
 """
 
 from __future__ import annotations
