@@ -9,6 +9,7 @@ four samplings, the engine on one thread).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -128,3 +129,23 @@ def test_bad_options_are_one_line_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         kpoint_sensitivity.main(["--si64", "--frames", "0"])
     assert exc.value.code == 2 and "--frames must be >= 1" in capsys.readouterr().err
+
+
+def test_timing_rerun_reads_its_recorded_runs_and_reports_what_cp2k_used(tmp_path, monkeypatch):
+    """The recorded --timing check at Γ (Si64 frame 0, real runs): a rerun computes nothing and reports
+    each run's ranks × threads as CP2K printed them."""
+    labels = tmp_path / "timing.xyz"
+    shutil.copy(BENCH / "results" / "si64-liquid-timing-gamma.xyz", labels)
+
+    def no_cp2k(*args, **kwargs):
+        raise AssertionError("a recorded run was computed again")
+
+    monkeypatch.setattr(si64, "label", no_cp2k)
+    assert kpoint_sensitivity.main(["--si64", "--timing", "gamma", "--labels", str(labels), "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "kpoint_si64_timing_gamma.json").read_text())
+    runs = {r["mode"]: r for r in data["runs"]}
+    assert [(runs[m]["mpi_ranks"], runs[m]["threads_per_rank"]) for m in ("mpi1x1", "mpi1x2", "mpi2x1")] == [
+        (1, 1), (1, 2), (2, 1)]
+    assert runs["mpi2x1"]["cp2k_cmd"].startswith("mpirun ") and "-np 2" in runs["mpi2x1"]["cp2k_cmd"]
+    assert all(r["scf_steps"] > 1 and r["force_rms_difference_from_1_thread"] < 1e-4 for r in runs.values())
+    assert "--si64 --timing k222" in (tmp_path / "kpoint_si64_timing_gamma.md").read_text()
