@@ -257,8 +257,9 @@ def analyse(records: list, reference: str = REFERENCE, max_force_rms: float = 0.
                and len(r["per_frame"]) == len(ref_frames) and r["mean_force_rms_deviation"] <= max_force_rms]
     choice = min(passing, key=lambda s: out[s]["mean_seconds"]) if passing else None
     if choice is not None:
-        why = (f"{out[choice]['title']} is the cheapest sampling ({out[choice]['mean_seconds']:.0f} s per call) whose mean "
-               f"force RMS deviation from {SAMPLINGS[reference]['title']} on {len(ref_frames)} frames, "
+        why = (f"{out[choice]['title']} is the cheapest sampling ({out[choice]['mean_seconds']:.0f} s, "
+               f"{out[choice]['mean_cpu_seconds']:.0f} CPU s per call) whose mean force RMS deviation from "
+               f"{SAMPLINGS[reference]['title']} on {len(ref_frames)} frame{'s' if len(ref_frames) > 1 else ''}, "
                f"{out[choice]['mean_force_rms_deviation']:.3f} eV/Å, is at most {max_force_rms:g} eV/Å")
         cheaper = [s for s in out if s != reference and out[s]["mean_seconds"] < out[choice]["mean_seconds"]
                    and out[s].get("mean_force_rms_deviation") is not None]
