@@ -111,6 +111,7 @@ def engine(sampling: str, omp_threads: int, cp2k_cmd: str | None = None):
     ref = data["reference"]
     ref["kpoints"] = list(SAMPLINGS[sampling]["kpoints"])
     ref["omp_threads"] = omp_threads
+    ref.pop("cp2k_cmd", None)  # the config's MPI command is the campaign's; here each mode sets its own
     if cp2k_cmd:
         ref["cp2k_cmd"] = cp2k_cmd
     if SAMPLINGS[sampling]["section"] is not None:
