@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _kpoint_si64 as si64
-from _common import REPO, command_line, machine, parser, workdir, write_results
+from _common import REPO, command_line, header, machine, parser, workdir, write_results
 
 NAME = "kpoint_sensitivity"
 PRIOR = REPO / "configs" / "si32-liquid-pbe-prior.xyz"
@@ -279,9 +279,9 @@ def si64_timing(args) -> int:
     res = {"benchmark": f"{si64.NAME}_timing_{s}", "quick": False, "command": command_line(), "machine": machine(),
            "benchmark_wall_s": time.perf_counter() - t0, "sampling": s, "labels_file": _rel(labels), "runs": rows,
            "fastest": fastest["mode"]}
-    lines = [f"## CP2K on one or two cores: liquid Si64 frame 0, {si64.SAMPLINGS[s]['title']}\n",
-             (f"`{res['command']}` — {res['machine']['date_utc']}, load average {res['machine']['load_average_1_5_15']}, "
-              f"commit {res['machine'].get('git_commit')}. Labels: `{res['labels_file']}`.\n"),
+    lines = [header(f"CP2K on one or two cores: liquid Si64 frame 0, {si64.SAMPLINGS[s]['title']}", res["command"],
+                    res["machine"], res["benchmark_wall_s"]),
+             f"Labels: `{res['labels_file']}`.\n",
              ("| run | CP2K command | ranks × threads (CP2K's output) | wall s | CPU s | SCF steps | load (1 min) at start | "
               "force RMS diff. from 1 thread (eV/Å) |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
