@@ -114,7 +114,7 @@ def test_speedup_aimd_quick_in_two_parts(tmp_path):
                       env={"OTF_FAILPOINT": "md.step:1:hold=600"})
     assert first["otf"]["status"] == "stopped" and first["otf"]["md_steps"] < first["config"]["md"]["total_steps"]
     assert "**Not finished" in (tmp_path / "speedup_aimd_quick.md").read_text()
-    data = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work)), log=log)
+    data = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--audit", "1"), log=log)
     assert "AIMD through the engine from" in log[1] and "CP2K's own MD from" in log[1]
     assert "continuing campaign" in log[1]
     assert data["aimd_engine"] == first["aimd_engine"] and data["aimd_native"] == first["aimd_native"]
@@ -132,6 +132,18 @@ def test_speedup_aimd_quick_in_two_parts(tmp_path):
     assert math.isclose(data["speedup_vs_engine_aimd"],
                         otf["md_steps"] * data["aimd_engine"]["step_cost_s"] / otf["wall_s"])
     assert otf["errors_after_first_10pct"]["checks"] >= 1
+    # the audit of the finished campaign: one DFT call on a frame between the checks, reported apart from the
+    # campaign's calls (the assert on dft_calls above) and in the cost; a rerun finds its label
+    audit = data["audit"]
+    assert audit["frames"] == 1 and audit["new_dft_calls"] == 1 and _positive(audit["dft_s"])
+    row = audit["rows"][0]
+    assert row["step"] not in {r["step"] for r in otf["check_rows"]}
+    assert row["outside"] == (row["ediff"] > data["config"]["tolerances"]["ediff"])
+    assert data["speedup_vs_native_aimd_with_audit"] < data["speedup_vs_native_aimd"]
+    assert "Audit between the checks" in (tmp_path / "speedup_aimd_quick.md").read_text()
+    again = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--audit", "1"), log=log)
+    assert again["audit"]["new_dft_calls"] == 0 and again["audit"]["rows"] == audit["rows"]
+    assert again["otf"]["dft_calls"] == otf["dft_calls"] and again["otf"]["wall_s"] == otf["wall_s"]
 
 
 @pytest.mark.cp2k
