@@ -339,12 +339,14 @@ def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_fil
             "vmax_eV_per_atom": stats([c.vmax for c in late]),
         },
         "check_rows": [c.model_dump(mode="json", include={"step", "interval", "ediff", "fmax", "frmse", "passed",
-                                                           "new_interval", "refit", "kind", "reference_seconds"})
+                                                           "new_interval", "refit", "kind", "reference_seconds",
+                                                           "trigger", "frame_step"})
                        for c in checks],
         "fit_seconds": [m.fit_seconds for m in models],
         "ml_md_steps": ml_steps,
         "ml_md_step_s": split["ml_md"] / ml_steps if ml_steps else None,
         "steady_state": steady_state(ledger, doc.step),
+        "wall_by_step": wall_by_step(ledger),
     }
     store.close()
     return result
@@ -364,6 +366,15 @@ def _summed(parts: list[dict]) -> dict:
     for key in [k for k in out if k.endswith(("_fraction", "_ms_per_job"))]:
         out.pop(key)
     return out
+
+
+def wall_by_step(ledger: list[dict]) -> list[list[float]]:
+    """[MD step reached, wall seconds so far] after every job of the campaign (ledger order), for the figure."""
+    rows, step, seconds = [], 0, 0.0
+    for d in sorted(ledger, key=lambda d: str(d["created_at"])):
+        step, seconds = max(step, d["step"] or 0), seconds + d["seconds"]
+        rows.append([step, seconds])
+    return rows
 
 
 def steady_state(ledger: list[dict], total_steps: int) -> dict | None:
@@ -523,6 +534,7 @@ def markdown(res: dict, info: dict, wall: float) -> str:
             ("frmse (eV/Å)", e["frmse_eV_per_A"]), ("vmax (eV/atom)", e["vmax_eV_per_atom"]))],
     ))
     lines += audit_markdown(res.get("audit"), cfg["tolerances"])
+    lines += checks_markdown(otf)
     d = otf["ml_md_detail_s"]
     ref = otf["reference_call_s"]
     cp2k_mean = otf["cp2k_internal_s"]["mean"]
@@ -538,6 +550,65 @@ def markdown(res: dict, info: dict, wall: float) -> str:
                    "atomate2 input set, custodian, parsing)")
     lines += ["", detail + f". Fits: {fits} s."]
     return "\n".join(lines)
+
+
+def checks_markdown(otf: dict) -> list[str]:
+    """Every check of the campaign: where, why (schedule, uncertainty trigger, guard), its errors, the outcome."""
+    rows = otf.get("check_rows") or []
+    if not rows:
+        return []
+    lines = ["", f"Every check ({len(rows)}; a failed check refits the model and re-runs its segment):", ""]
+    lines.append(table(
+        ["MD step", "interval", "trigger", "frmse (eV/Å)", "ediff (eV/atom)", "passed", "refit", "next interval"],
+        [[r["step"], r["interval"], r.get("trigger", "interval"), r["frmse"], r["ediff"],
+          "yes" if r["passed"] else "**no**", "yes" if r["refit"] else "", r["new_interval"]] for r in rows],
+    ))
+    return lines
+
+
+def figure(res: dict, path: Path) -> bool:
+    """The checks' force errors along the run (and the audit's), and the wall time against CP2K's own MD."""
+    otf = res["otf"]
+    rows, audit = otf.get("check_rows") or [], (res.get("audit") or {}).get("rows") or []
+    progress = otf.get("wall_by_step")
+    if not rows or not progress:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 2, 1)
+    tol = res["config"]["tolerances"].get("frmse")
+    for passed, style, label in ((True, "o", "check passed"), (False, "x", "check failed (refit)")):
+        pts = [(r["step"], r["frmse"]) for r in rows if r["passed"] == passed and r["frmse"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, color="C0" if passed else "C3", label=label)
+    if audit:
+        ax.plot([r["step"] for r in audit], [r["frmse"] for r in audit], "s", mfc="none", color="C2",
+                label=f"audit: random frame between checks ({len(audit)})")
+    if tol:
+        ax.axhline(tol, color="k", lw=0.8, ls="--", label=f"tolerance {tol:g} eV/Å")
+    ax.set_xscale("log")
+    ax.set_xlabel("MD step (checks at doubling intervals)")
+    ax.set_ylabel("force RMSE against DFT (eV/Å)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.set_title("errors on frames the model had not seen", fontsize=9)
+    ax = fig.add_subplot(1, 2, 2)
+    steps, seconds = zip(*progress)
+    ax.plot(steps, [x / 3600 for x in seconds], color="C0", label="this run (DFT checks + ML-MD + fits)")
+    a = res["aimd_native"]["step_cost_s"]
+    top = max(steps)
+    ax.plot([1, top], [a / 3600, top * a / 3600], color="C1", label=f"CP2K's own MD ({a:.0f} s per step)")
+    ax.set_yscale("log")
+    ax.set_xlabel("MD step")
+    ax.set_ylabel("wall time (h)")
+    ax.set_title(f"{res['speedup_vs_native_aimd']:.0f}× CP2K's own MD over {otf['md_steps']} steps", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def audit_markdown(audit: dict | None, tolerances: dict) -> list[str]:
@@ -592,6 +663,7 @@ def main(argv=None) -> int:
         p.error("--stop-after needs --workdir (where the stopped campaign is continued from)")
     name = f"{NAME}_{args.tag}" if args.tag else NAME
     if rerender(args, name, markdown):
+        _figure(args, name, json.loads(Path(args.from_json).read_text()))
         return 0
 
     from otf_flows.campaign import config_from_dict
@@ -653,7 +725,14 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     result["benchmark_wall_s"] = wall
     write_results(args.out, name, args.quick, result, markdown(result, info, wall))
+    _figure(args, name, result)
     return 0
+
+
+def _figure(args, name: str, result: dict) -> None:
+    png = Path(args.out) / (f"{name}_quick.png" if result["quick"] else f"{name}.png")
+    if figure(result, png):
+        print(f"wrote {png}", file=sys.stderr)
 
 
 if __name__ == "__main__":
