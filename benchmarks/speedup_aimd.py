@@ -575,21 +575,27 @@ def figure(res: dict, path: Path) -> bool:
         return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(11, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 2, 1)
     tol = res["config"]["tolerances"].get("frmse")
-    for passed, style, label in ((True, "o", "check passed"), (False, "x", "check failed (refit)")):
-        pts = [(r["step"], r["frmse"]) for r in rows if r["passed"] == passed and r["frmse"] is not None]
-        if pts:
-            ax.plot(*zip(*pts), style, color="C0" if passed else "C3", label=label)
+    for passed, outcome in ((True, "passed"), (False, "failed (refit)")):
+        for trigger, marker in (("interval", "o"), ("uncertainty", "^"), ("guard", "D")):
+            pts = [(r["step"], r["frmse"]) for r in rows if r["passed"] == passed and r["frmse"] is not None
+                   and r.get("trigger", "interval") == trigger]
+            if pts:
+                ax.plot(*zip(*pts), marker if passed else "x", color="C0" if passed else "C3", ls="none",
+                        label=f"check {outcome}: {'scheduled' if trigger == 'interval' else trigger}")
     if audit:
         ax.plot([r["step"] for r in audit], [r["frmse"] for r in audit], "s", mfc="none", color="C2",
                 label=f"audit: random frame between checks ({len(audit)})")
     if tol:
         ax.axhline(tol, color="k", lw=0.8, ls="--", label=f"tolerance {tol:g} eV/Å")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("MD step (checks at doubling intervals)")
     ax.set_ylabel("force RMSE against DFT (eV/Å)")
     ax.set_ylim(bottom=0)
