@@ -345,7 +345,7 @@ def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_fil
         "fit_seconds": [m.fit_seconds for m in models],
         "ml_md_steps": ml_steps,
         "ml_md_step_s": split["ml_md"] / ml_steps if ml_steps else None,
-        "steady_state": steady_state(ledger, doc.step),
+        "steady_state": steady_state(ledger, doc.step, [c.created_at for c in checks if not c.passed]),
         "wall_by_step": wall_by_step(ledger),
     }
     store.close()
@@ -377,17 +377,26 @@ def wall_by_step(ledger: list[dict]) -> list[list[float]]:
     return rows
 
 
-def steady_state(ledger: list[dict], total_steps: int) -> dict | None:
-    """The run after its last fit: steps and the wall time of the jobs that ran them (ledger order).
+def steady_state(ledger: list[dict], total_steps: int, failed_at: list | None = None) -> dict | None:
+    """The run after the model was last corrected: steps and the wall time of the jobs that ran them (ledger order).
 
-    The ledger holds one entry per job with its wall time, its kind and the MD step it reached; the
-    steady state starts when the last model was fitted (``fit`` entry) and has no fit left to pay for.
+    The ledger holds one entry per job with its wall time, its kind and the MD step it reached. The steady
+    state starts after the refit of the last failed check (``failed_at``: when the failed checks were stored;
+    none failed: after the first fit). Refits after passed checks (``refit.every_new_labels``) come later and
+    are paid for in it. Without ``failed_at`` it starts after the last fit (hybrid-md refits on failures only).
     """
     rows = sorted(ledger, key=lambda d: str(d["created_at"]))
     fits = [i for i, d in enumerate(rows) if d["kind"] == "fit"]
     if not fits:
         return None
     last = fits[-1]
+    if failed_at is not None:
+        if failed_at:
+            when = max(failed_at).isoformat() if hasattr(max(failed_at), "isoformat") else str(max(failed_at))
+            later = [i for i in fits if _instant(rows[i]["created_at"]) > _instant(when)]
+            last = later[0] if later else last
+        else:
+            last = fits[0]
     after = rows[last + 1:]
     steps_before = max((d["step"] or 0 for d in rows[:last + 1]), default=0)
     seconds_before = sum(d["seconds"] for d in rows[:last + 1])
@@ -396,8 +405,19 @@ def steady_state(ledger: list[dict], total_steps: int) -> dict | None:
         "steps": total_steps - steps_before,
         "wall_s": sum(d["seconds"] for d in after),
         "dft_calls": sum(d["kind"] == "reference" for d in after),
+        "refits": sum(d["kind"] == "fit" for d in after),
         "warm_up_wall_s": seconds_before,
+        "after": "the refit of the last failed check" if failed_at else
+                 ("the first fit (no check failed)" if failed_at is not None else "the last fit"),
     }
+
+
+def _instant(value):
+    """A stored time (datetime or ISO text, 'Z' or an offset, or naive UTC) as an aware datetime."""
+    from datetime import datetime, timezone
+
+    t = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 #: The speed-ups whose run length is worked out from the measured costs (``steps_for_<x>x``).
@@ -513,8 +533,10 @@ def markdown(res: dict, info: dict, wall: float) -> str:
             ["", "this run", "target"],
             rows + [
                 ["the limit (AIMD step / ML-MD step)", f"{an['limit']:.0f}×", ""],
-                [f"steady state: steps {steady['from_step']}–{otf['md_steps']} after the last refit "
-                 f"({steady['dft_calls']} DFT checks, {steady['wall_s']:.0f} s)",
+                [f"steady state: steps {steady['from_step']}–{otf['md_steps']}, after "
+                 f"{steady.get('after', 'the last fit')} ({steady['dft_calls']} DFT checks"
+                 f"{', %d refits after passed checks' % steady['refits'] if steady.get('refits') else ''}, "
+                 f"{steady['wall_s']:.0f} s)",
                  f"{an['steady_speedup']:.0f}× = {an['steady_over_limit']:.2f} of the limit"
                  if an.get("steady_speedup") else "–", "≥ 0.8 of the limit"],
             ] + [
