@@ -347,6 +347,7 @@ def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_fil
         "ml_md_step_s": split["ml_md"] / ml_steps if ml_steps else None,
         "steady_state": steady_state(ledger, doc.step, [c.created_at for c in checks if not c.passed]),
         "wall_by_step": wall_by_step(ledger),
+        "segments": segment_costs(ledger, checks),
     }
     store.close()
     return result
@@ -365,6 +366,63 @@ def _summed(parts: list[dict]) -> dict:
                 out[key] = value
     for key in [k for k in out if k.endswith(("_fraction", "_ms_per_job"))]:
         out.pop(key)
+    return out
+
+
+def segment_costs(ledger: list[dict], checks) -> list[dict]:
+    """What each interval cost: the ML-MD of the segment, its check's DFT call and the refit and bookkeeping after
+    it (ledger order; the initial reference MD and the first fit are the warm-up, not a segment)."""
+    rows = [d for d in sorted(ledger, key=lambda d: str(d["created_at"]))
+            if d.get("job") not in ("initial-md", "first fit")]
+    buckets, current, checked = [], [], False
+    for d in rows:
+        if d["kind"] == "ml_md" and checked:
+            buckets.append(current)
+            current, checked = [], False
+        current.append(d)
+        checked = checked or (d["kind"] == "reference" and str(d.get("job", "")).startswith("reference check"))
+    if checked:
+        buckets.append(current)
+    out = []
+    for c, bucket in zip(checks, buckets):
+        by = {kind: sum(d["seconds"] for d in bucket if d["kind"] == kind) for kind in ("ml_md", "reference", "fit", "other")}
+        out.append({"step": c.step, "interval": c.interval, "trigger": c.trigger, "ml_md_s": by["ml_md"],
+                    "dft_s": by["reference"], "fit_s": by["fit"], "other_s": by["other"],
+                    "wall_s": sum(by.values())})
+    return out
+
+
+def projection(otf: dict, aimd_step_s: float, n_max: int, factor: float) -> dict | None:
+    """Speed-up against CP2K's MD for a run of N steps, from this run's measured costs: its warm-up (initial
+    reference MD and first fit), its ML-MD cost per step, its mean cost per check (DFT call, refit, bookkeeping)
+    and its schedule, continued past its end by the adaptive rule (interval × ``factor`` up to ``n_max``, every
+    check passing, a check at the end of the run). An estimate from measurements, not a measurement."""
+    segs, ml = otf.get("segments") or [], otf.get("ml_md_step_s")
+    if not segs or not ml:
+        return None
+    warm = otf["initial_md_call_s"]["mean"] * otf["dft_calls_initial"] + (otf["fit_seconds"][0] if otf["fit_seconds"] else 0)
+    start = otf["dft_calls_initial"] - 1
+    per_check = float(np.mean([g["dft_s"] + g["fit_s"] + g["other_s"] for g in segs]))
+    steps = [r["step"] for r in otf["check_rows"] if r["kind"] == "check"]
+    intervals = [r["new_interval"] for r in otf["check_rows"] if r["kind"] == "check"]
+    scheduled, interval = steps[:-1], intervals[-2] if len(intervals) > 1 else intervals[-1]
+    while scheduled and scheduled[-1] < 10_000_000:  # the run's schedule, then the adaptive rule
+        scheduled.append(scheduled[-1] + interval)
+        interval = min(int(interval * factor), n_max)
+
+    def cost(n: int) -> float:
+        return warm + (n - start) * ml + (sum(1 for x in scheduled if x < n) + 1) * per_check
+
+    def speedup(n: int) -> float:
+        return n * aimd_step_s / cost(n)
+
+    out = {"warm_up_s": warm, "ml_md_step_s": ml, "per_check_s": per_check,
+           "asymptote": aimd_step_s / (ml + per_check / n_max), "at_run_length": speedup(otf["md_steps"]),
+           "cost_at_run_length_s": cost(otf["md_steps"])}
+    grid = np.unique(np.geomspace(1000, 5_000_000, 2000).astype(int))
+    for x in SPEEDUP_GOALS:
+        hits = [int(n) for n in grid if speedup(int(n)) >= x]
+        out[f"steps_for_{x}x"] = hits[0] if hits else None
     return out
 
 
@@ -539,13 +597,9 @@ def markdown(res: dict, info: dict, wall: float) -> str:
                  f"{steady['wall_s']:.0f} s)",
                  f"{an['steady_speedup']:.0f}× = {an['steady_over_limit']:.2f} of the limit"
                  if an.get("steady_speedup") else "–", "≥ 0.8 of the limit"],
-            ] + [
-                [f"MD steps a run needs for {x}× (from these costs)",
-                 f"{an[f'steps_for_{x}x']:,.0f}" if an.get(f"steps_for_{x}x")
-                 else f"never: the steady state is below {x}×", ""]
-                for x in SPEEDUP_GOALS if f"steps_for_{x}x" in an
-            ],
+            ] + projection_rows(res.get("projection"), an["limit"]),
         ))
+        lines += segments_markdown(otf, an["aimd_step_s"], an["limit"])
     e = otf["errors_after_first_10pct"]
     passed = 100 * (e["passed_fraction"] or 0)
     lines += ["", f"Errors of the {e['checks']} checks after the first 10 % of the steps (passed: {passed:.0f} %):", ""]
@@ -572,6 +626,33 @@ def markdown(res: dict, info: dict, wall: float) -> str:
                    "atomate2 input set, custodian, parsing)")
     lines += ["", detail + f". Fits: {fits} s."]
     return "\n".join(lines)
+
+
+def projection_rows(pro: dict | None, limit: float) -> list[list[str]]:
+    """The projection's rows of the speed-up table (run length for each goal, the long-run asymptote)."""
+    if not pro:
+        return []
+    rows = [[f"MD steps a run needs for {x}× (projected from this run's costs and schedule)",
+             f"{pro[f'steps_for_{x}x']:,}" if pro.get(f"steps_for_{x}x") else f"never: the asymptote is below {x}×", ""]
+            for x in SPEEDUP_GOALS]
+    rows.append(["a long run, every interval at `n_max` (projected)",
+                 f"{pro['asymptote']:.0f}× = {pro['asymptote'] / limit:.2f} of the limit", ""])
+    return rows
+
+
+def segments_markdown(otf: dict, aimd_step_s: float, limit: float) -> list[str]:
+    """What each interval cost (its ML-MD, its check, the refit after it) and the speed-up over it."""
+    segs = [g for g in otf.get("segments") or [] if g["interval"] >= 64]
+    if not segs:
+        return []
+    lines = ["", "What each interval cost (its ML-MD, its DFT check, the refit after it), from 64 steps on:", ""]
+    lines.append(table(
+        ["check at step", "interval", "ML-MD s", "DFT s", "fit s", "s per MD step", "speed-up over it", "of the limit"],
+        [[g["step"], g["interval"], f"{g['ml_md_s']:.0f}", f"{g['dft_s']:.0f}", f"{g['fit_s']:.1f}",
+          f"{g['wall_s'] / g['interval']:.3f}", f"{aimd_step_s * g['interval'] / g['wall_s']:.0f}×",
+          f"{aimd_step_s * g['interval'] / g['wall_s'] / limit:.2f}"] for g in segs],
+    ))
+    return lines
 
 
 def checks_markdown(otf: dict) -> list[str]:
@@ -745,6 +826,9 @@ def main(argv=None) -> int:
         "speedup_vs_in_run_aimd": n * (in_run_aimd_step(otf) or float("nan")) / otf["wall_s"],
         "analysis": speedup_analysis(otf, native["step_cost_s"]),
     }
+    adaptive = config.adaptive_method_parameters
+    if adaptive is not None:
+        result["projection"] = projection(otf, native["step_cost_s"], adaptive.n_max, adaptive.factor)
     if audit is not None:
         result["audit"] = audit
         result["speedup_vs_native_aimd_with_audit"] = n * native["step_cost_s"] / (otf["wall_s"] + audit["dft_s"])
