@@ -114,7 +114,8 @@ def test_speedup_aimd_quick_in_two_parts(tmp_path):
                       env={"OTF_FAILPOINT": "md.step:1:hold=600"})
     assert first["otf"]["status"] == "stopped" and first["otf"]["md_steps"] < first["config"]["md"]["total_steps"]
     assert "**Not finished" in (tmp_path / "speedup_aimd_quick.md").read_text()
-    data = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--audit", "1"), log=log)
+    data = run_quick("speedup_aimd.py", tmp_path, args=("--workdir", str(work), "--audit", "1", "--native-again"),
+                     log=log)
     assert "AIMD through the engine from" in log[1] and "CP2K's own MD from" in log[1]
     assert "continuing campaign" in log[1]
     assert data["aimd_engine"] == first["aimd_engine"] and data["aimd_native"] == first["aimd_native"]
@@ -141,6 +142,11 @@ def test_speedup_aimd_quick_in_two_parts(tmp_path):
     assert row["outside"] == (row["ediff"] > data["config"]["tolerances"]["ediff"])
     assert data["speedup_vs_native_aimd_with_audit"] < data["speedup_vs_native_aimd"]
     assert "Audit between the checks" in (tmp_path / "speedup_aimd_quick.md").read_text()
+    # CP2K's own MD measured once more after the campaign, beside the first baseline
+    after = data["aimd_native_after"]
+    assert after["md_steps"] == data["aimd_native"]["md_steps"] and _positive(after["step_cost_s"])
+    assert after["step_seconds"] != data["aimd_native"]["step_seconds"] or after["wall_s"] != data["aimd_native"]["wall_s"]
+    assert math.isclose(data["speedup_vs_native_aimd_after"], otf["md_steps"] * after["step_cost_s"] / otf["wall_s"])
 
 
 @pytest.mark.cp2k
