@@ -19,7 +19,7 @@ errors of every check after the first 10 % of the steps.
     python benchmarks/speedup_aimd.py            # full: about 30-50 min on 2 cores
     python benchmarks/speedup_aimd.py --quick    # Si8, cheap CP2K settings, 11 steps (about 1 min)
     python benchmarks/speedup_aimd.py --config benchmarks/configs/si64-cp2k-k222.yaml --tag si64-k222 \
-        --workdir ../otf-bench-si64-k222 --stop-after 7800 --audit 10   # liquid Si64, 2x2x2 k-points: ~2.5 h
+        --workdir ../otf-bench-si64-k222 --stop-after 7800 --audit 10 --native-again   # Si64, 2x2x2: ~2.5 h
 
 ``--workdir DIR`` keeps the baselines (``DIR/baselines.json``), the campaign's store and the timings
 of every part; the same command continues where the last part stopped (``--stop-after``, SIGTERM or
