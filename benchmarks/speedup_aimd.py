@@ -304,7 +304,10 @@ def run_otf(config, store_dir: Path, stop_after: float | None = None, chunks_fil
     ref_entries = [d for d in ledger if d["kind"] == "reference"]
     checks = store.checks(name)
     models = store.models(name)
-    split = store.time_split(name)
+    split = dict(store.time_split(name))
+    # the store's split counts every DFT call of the campaign, an audit's too: this run's DFT is without it
+    split["reference"] -= sum(d["seconds"] for d in store.collection("ledger").query({"campaign": name})
+                              if d.get("job") == "audit")
     wall = doc.wall_seconds
     cp2k = cp2k_internal_seconds(store.path / "runs" / name)
     late = [c for c in checks if c.step > 0.1 * total and c.kind == "check"]
@@ -558,6 +561,12 @@ def markdown(res: dict, info: dict, wall: float) -> str:
     in_run = in_run_aimd_step(otf) or float("nan")
     lines = [header("Speed-up over AIMD (Table I)", res["command"], info, wall), ""]
     total = res["config"]["md"]["total_steps"]
+    parts = otf.get("parts", [])
+    if len(parts) > 1 or wall < w:
+        lines += [f"Run with `--workdir` in {len(parts)} part(s) of the campaign "
+                  f"({', '.join('%.0f s to step %d' % (part['wall_s'], part['step']) for part in parts)}); the wall time in the line "
+                  "above is the last invocation's, which read back what earlier ones measured (baselines, campaign, "
+                  "audit labels).", ""]
     if otf.get("status", "completed") != "completed":
         lines += [f"**Not finished: the campaign is {otf['status']} at step {otf['md_steps']} of {total}** "
                   f"(in {len(otf.get('parts', []))} part(s)); every figure below covers the steps run so far. "

@@ -141,6 +141,7 @@ def test_speedup_aimd_quick_in_two_parts(tmp_path):
     assert row["step"] not in {r["step"] for r in otf["check_rows"]}
     assert row["outside"] == (row["ediff"] > data["config"]["tolerances"]["ediff"])
     assert data["speedup_vs_native_aimd_with_audit"] < data["speedup_vs_native_aimd"]
+    assert math.isclose(sum(otf["split_s"].values()), otf["wall_s"], rel_tol=1e-9) and otf["split_s"]["orchestration_and_store"] >= 0
     assert "Audit between the checks" in (tmp_path / "speedup_aimd_quick.md").read_text()
     # CP2K's own MD measured once more after the campaign, beside the first baseline
     after = data["aimd_native_after"]
