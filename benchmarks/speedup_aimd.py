@@ -466,8 +466,7 @@ def steady_state(ledger: list[dict], total_steps: int, failed_at: list | None = 
     last = fits[-1]
     if failed_at is not None:
         if failed_at:
-            when = max(failed_at).isoformat() if hasattr(max(failed_at), "isoformat") else str(max(failed_at))
-            later = [i for i in fits if _instant(rows[i]["created_at"]) > _instant(when)]
+            later = [i for i in fits if _instant(rows[i]["created_at"]) > _instant(max(failed_at))]
             last = later[0] if later else last
         else:
             last = fits[0]
@@ -499,24 +498,17 @@ SPEEDUP_GOALS = (200, 500)
 
 
 def speedup_analysis(otf: dict, aimd_step_s: float) -> dict:
-    """The limit (AIMD step / ML-MD step), the steady-state speed-up after the last refit, and how many
-    steps a run needs for x = 200 and 500: speed-up(N) = N a / (W + (N - S) c) with W the wall time up
-    to the last fit, S its step and c the steady cost per step (ML-MD and checks), so x needs a > x c
-    and then N = x (W - S c) / (a - x c)."""
+    """The limit (AIMD step / ML-MD step) and the steady-state speed-up after the last correction of the model.
+    How many steps a run needs for 200x and 500x: :func:`projection`."""
     limit = aimd_step_s / otf["ml_md_step_s"] if otf.get("ml_md_step_s") else None
     st = otf.get("steady_state")
-    out = {"aimd_step_s": aimd_step_s, "limit": limit, "steady_speedup": None, "steady_over_limit": None,
-           **{f"steps_for_{x}x": None for x in SPEEDUP_GOALS}}
+    out = {"aimd_step_s": aimd_step_s, "limit": limit, "steady_speedup": None, "steady_over_limit": None}
     if not st or not st["steps"] or not st["wall_s"]:
         return out
     cost = st["wall_s"] / st["steps"]
     out["steady_step_s"] = cost
     out["steady_speedup"] = aimd_step_s / cost
     out["steady_over_limit"] = out["steady_speedup"] / limit if limit else None
-    for x in SPEEDUP_GOALS:
-        if aimd_step_s > x * cost:
-            out[f"steps_for_{x}x"] = max(x * (st["warm_up_wall_s"] - st["from_step"] * cost) / (aimd_step_s - x * cost),
-                                         float(st["from_step"]))
     return out
 
 
@@ -764,7 +756,9 @@ def audit_markdown(audit: dict | None, tolerances: dict) -> list[str]:
 
 
 def _kpoints_text(kpoints) -> str:
-    return "Γ point" if not kpoints or list(kpoints) == [1, 1, 1] else "x".join(str(k) for k in kpoints) + " k-points"
+    from otf_flows.reference.settings import kpoint_words
+
+    return (kpoint_words(kpoints) or ["Γ point"])[0]
 
 
 def _cores_text(ref) -> str:
